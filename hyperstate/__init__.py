@@ -1,0 +1,30 @@
+"""hyperstate: typed hyperparameter configs in RON, and the state of training runs.
+
+>>> from dataclasses import dataclass
+>>> import hyperstate
+>>> @dataclass
+... class Config:
+...     lr: float = 0.001
+...     batch_size: int = 32
+>>> hyperstate.load(Config, overrides=["lr=0.1"])
+Config(lr=0.1, batch_size=32)
+"""
+
+from hyperstate.args import from_args
+from hyperstate.configs import dump, dumps, load, loads
+from hyperstate.errors import ConfigError, HyperstateError, Issue, ParseError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "HyperstateError",
+    "Issue",
+    "ParseError",
+    "__version__",
+    "dump",
+    "dumps",
+    "from_args",
+    "load",
+    "loads",
+]

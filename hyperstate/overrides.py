@@ -1,0 +1,374 @@
+"""Command-line overrides: ``optimizer.lr=0.1``, ``layers[2].width=64``, ``tags+={"a": 1}``.
+
+An override is applied to the value tree before it is turned into typed objects, guided
+by the schema so that each path segment is read as a field name, list index or map key.
+Fields that the file leaves out are filled with their defaults first, so any field can
+be overridden whether or not the file mentions it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hyperstate import ron
+from hyperstate.errors import ConfigError, Issue, PathSegment, format_path
+from hyperstate.ron import Ident, Some, Struct
+from hyperstate.schema.types import (
+    AnyType,
+    DictType,
+    EnumType,
+    Field,
+    ListType,
+    LiteralType,
+    OptionType,
+    Primitive,
+    SchemaType,
+    StructType,
+    TupleType,
+    UnionType,
+    VarTupleType,
+    format_type,
+)
+from hyperstate.serde import closest, to_value
+
+__all__ = ["Override", "apply_overrides", "parse_override"]
+
+Path = tuple[PathSegment, ...]
+
+_NAME = re.compile(r"[^.\[\]=+]+")
+_INDEX = re.compile(r"\[\s*(-?\d+)\s*\]")
+_QUOTED_KEY = re.compile(r"""\[\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*\]""")
+
+
+@dataclass(frozen=True)
+class Override:
+    """A parsed override.
+
+    Attributes:
+        path: the segments as written: names (``str``) and bracketed indices (``int``)
+            or quoted keys (``str`` inside a 1-tuple, to tell ``["2"]`` from ``[2]``).
+        op: ``"="`` to set, ``"+="`` to append to a list or merge into a map.
+        value: the value text (RON, or a bare word for a string field).
+        text: the override as given, for error messages.
+    """
+
+    path: tuple[str | int | tuple[str], ...]
+    op: str
+    value: str
+    text: str
+
+
+class _Failure(Exception):
+    def __init__(self, path: Path, message: str) -> None:
+        self.path = path
+        self.message = message
+
+
+def parse_override(text: str) -> Override:
+    """Split ``"a.b[2]=value"`` into its path, operator and value.
+
+    Raises:
+        ConfigError: the override is malformed (the message shows the expected form).
+    """
+    segments: list[str | int | tuple[str]] = []
+    pos = 0
+    n = len(text)
+    expect_name = True
+    while pos < n:
+        c = text[pos]
+        if c == "=" or text.startswith("+=", pos):
+            break
+        if c == "[":
+            m = _INDEX.match(text, pos)
+            if m:
+                segments.append(int(m.group(1)))
+                pos = m.end()
+                expect_name = False
+                continue
+            m = _QUOTED_KEY.match(text, pos)
+            if m:
+                key = ron.loads(m.group(1)) if m.group(1)[0] == '"' else m.group(1)[1:-1]
+                segments.append((str(key),))
+                pos = m.end()
+                expect_name = False
+                continue
+            raise _malformed(text, f"expected an index like [2] or a key like [\"a.b\"] at {pos}")
+        if c == ".":
+            if expect_name:
+                raise _malformed(text, f"expected a field name before '.' at column {pos + 1}")
+            pos += 1
+            expect_name = True
+            continue
+        if not expect_name:
+            raise _malformed(text, f"expected '.', '[' or '=' at column {pos + 1}, found {c!r}")
+        m = _NAME.match(text, pos)
+        if not m:
+            raise _malformed(text, f"unexpected {c!r} at column {pos + 1}")
+        name = m.group().strip()
+        segments.append(int(name) if name.lstrip("-").isdigit() else name)
+        pos = m.end()
+        expect_name = False
+    if pos >= n:
+        raise _malformed(text, "expected 'path=value' (e.g. 'optimizer.lr=0.1'), found no '='")
+    if not segments or expect_name:
+        raise _malformed(text, "expected a field path before '='")
+    op = "+=" if text.startswith("+=", pos) else "="
+    return Override(tuple(segments), op, text[pos + len(op) :].strip(), text)
+
+
+def _malformed(text: str, message: str) -> ConfigError:
+    return ConfigError([Issue((), f"malformed override: {message}", override=text)])
+
+
+def apply_overrides(
+    root: StructType, tree: Any, overrides: Sequence[str]
+) -> tuple[Any, dict[Path, str]]:
+    """Apply ``overrides`` in order to the value tree of a ``root`` struct.
+
+    Returns the updated tree and, for each path that an override set, the override text
+    (so that a later type error at that path can name the override).
+
+    Raises:
+        ConfigError: listing every bad override of the call (malformed, unknown path,
+            unparseable value), each naming the override string.
+    """
+    box = [tree if tree is not None else Struct(None, {})]
+    applied: dict[Path, str] = {}
+    issues: list[Issue] = []
+    for text in overrides:
+        try:
+            override = parse_override(text)
+            path = _apply(root, box, override)
+        except ConfigError as e:
+            issues.extend(e.issues)
+        except _Failure as e:
+            issues.append(Issue(e.path, e.message, override=text))
+        else:
+            applied[path] = text
+    if issues:
+        raise ConfigError(issues, context="invalid override" + ("s" if len(issues) > 1 else ""))
+    return box[0], applied
+
+
+def _apply(root: StructType, box: list[Any], override: Override) -> Path:
+    node: SchemaType = root
+    container: Any = box
+    key: Any = 0
+    path: list[PathSegment] = []
+    for seg in override.path:
+        node, value = _resolve(node, container, key, tuple(path))
+        container, key, node = _step(node, value, seg, tuple(path))
+        path.append(key)
+    if override.op == "=":
+        container[key] = _parse_leaf(node, override.value, tuple(path))
+        return tuple(path)
+    node, current = _resolve(node, container, key, tuple(path))
+    addition = _parse_leaf(node, override.value, tuple(path))
+    if type(current) is list and isinstance(addition, list | tuple):
+        current.extend(addition)
+    elif type(current) is tuple and isinstance(addition, list | tuple):
+        container[key] = current + tuple(addition)
+    elif type(current) is dict and type(addition) is dict:
+        current.update(addition)
+    else:
+        raise _Failure(
+            tuple(path),
+            f"'+=' appends to a list or merges into a map; {format_path(path)} holds "
+            f"{format_type(node)}",
+        )
+    return tuple(path)
+
+
+def _resolve(node: SchemaType, container: Any, key: Any, path: Path) -> tuple[SchemaType, Any]:
+    """The schema and current value at ``container[key]``, with Options and Unions opened.
+
+    A ``None`` Optional struct is replaced by one built from defaults, so that setting a
+    field inside it works.
+    """
+    value = container[key]
+    if isinstance(node, OptionType):
+        if type(value) is Some:
+            value = container[key] = value.value
+        node = node.inner
+        if value is None:
+            value = _empty(node, path)
+            container[key] = value
+    if isinstance(node, UnionType):
+        structs = {o.name: o for o in node.options if isinstance(o, StructType)}
+        name = value.name if type(value) is Struct or type(value) is Ident else None
+        if name in structs:
+            node = structs[name]
+        elif len(structs) == 1 and type(value) is Struct:
+            node = next(iter(structs.values()))
+        else:
+            raise _Failure(
+                path,
+                f"cannot tell which of {format_type(node)} {format_path(path)} holds; "
+                f"choose one first, e.g. '{format_path(path)}={next(iter(structs), 'X')}()'",
+            )
+    if isinstance(node, ListType | VarTupleType | TupleType) and type(value) is tuple:
+        value = container[key] = list(value)  # mutable; tuples decode from lists too
+    return node, value
+
+
+def _empty(node: SchemaType, path: Path) -> Any:
+    if isinstance(node, StructType):
+        return Struct(None, {})
+    if isinstance(node, ListType | VarTupleType):
+        return []
+    if isinstance(node, DictType | AnyType):
+        return {}
+    if isinstance(node, UnionType):
+        return None
+    raise _Failure(path, f"{format_path(path)} is None; set it as a whole first")
+
+
+def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any, SchemaType]:
+    """The container, key and schema of child ``seg`` of ``value``."""
+    if isinstance(node, StructType):
+        fields = _struct_fields(value, node, path)
+        name = seg[0] if type(seg) is tuple else str(seg)
+        field = node.field_map.get(name)
+        if field is None:
+            known = [f.name for f in node.fields]
+            match = closest(name, known)
+            hint = f"; did you mean '{match}'?" if match else f"; fields: {', '.join(known)}"
+            where = f" at {format_path(path)}" if path else ""
+            raise _Failure(
+                (*path, name), f"unknown field '{name}' in {node.name}{where}{hint}"
+            )
+        if name not in fields:
+            fields[name] = _default_value(field, (*path, name))
+        return fields, name, field.type
+    if isinstance(node, ListType | VarTupleType | TupleType):
+        if type(value) is not list:
+            raise _Failure(path, f"expected a list at {format_path(path)}, found {value!r}")
+        index = _as_index(seg, path)
+        if not -len(value) <= index < len(value):
+            raise _Failure(
+                (*path, index),
+                f"index {index} out of range for {format_path(path)} (length {len(value)}); "
+                f"use '{format_path(path)}+=[...]' to append",
+            )
+        index %= len(value)
+        item = node.items[index] if isinstance(node, TupleType) else node.item
+        return value, index, item
+    if isinstance(node, DictType):
+        if type(value) is Struct:
+            value = value.fields
+        if type(value) is not dict:
+            raise _Failure(path, f"expected a map at {format_path(path)}, found {value!r}")
+        key = _dict_key(node.key, seg, value, path)
+        if key not in value:
+            value[key] = _empty_or_none(node.value)
+        return value, key, node.value
+    if isinstance(node, AnyType):
+        if type(value) is Struct:
+            value = value.fields
+        if type(value) is list:
+            index = _as_index(seg, path)
+            if not -len(value) <= index < len(value):
+                raise _Failure((*path, index), f"index {index} out of range")
+            return value, index % len(value), AnyType()
+        if type(value) is dict:
+            key = seg[0] if type(seg) is tuple else seg
+            value.setdefault(key, {})
+            return value, key, AnyType()
+    raise _Failure(
+        path,
+        f"{format_path(path)} is {format_type(node)}; it has no field or item "
+        f"{seg[0] if type(seg) is tuple else seg!r}",
+    )
+
+
+def _struct_fields(value: Any, node: StructType, path: Path) -> dict[str, Any]:
+    if type(value) is Struct:
+        return value.fields
+    if type(value) is dict:
+        return value
+    raise _Failure(path, f"expected struct {node.name} at {format_path(path)}, found {value!r}")
+
+
+def _as_index(seg: Any, path: Path) -> int:
+    if type(seg) is int:
+        return seg
+    raise _Failure(path, f"expected a list index at {format_path(path)}, found {seg!r}")
+
+
+def _dict_key(key_node: SchemaType, seg: Any, value: dict[Any, Any], path: Path) -> Any:
+    raw = seg[0] if type(seg) is tuple else seg
+    if isinstance(key_node, Primitive) and key_node.type is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise _Failure(path, f"expected an int key for {format_path(path)}, found {raw!r}")
+    if isinstance(key_node, EnumType):
+        name = str(raw)
+        for existing in value:
+            if existing == name or (type(existing) is Ident and existing.name == name):
+                return existing
+        if name not in key_node.cls.__members__:
+            raise _Failure(
+                path,
+                f"expected one of {key_node.cls.__name__} "
+                f"{{{', '.join(key_node.cls.__members__)}}} as key, found {name!r}",
+            )
+        return Ident(name)
+    return str(raw)
+
+
+def _empty_or_none(node: SchemaType) -> Any:
+    if isinstance(node, StructType):
+        return Struct(None, {})
+    if isinstance(node, ListType):
+        return []
+    if isinstance(node, DictType):
+        return {}
+    return None
+
+
+def _default_value(field: Field, path: Path) -> Any:
+    if field.has_default:
+        return to_value(field.make_default(), field.type)
+    return _empty_or_none(field.type)
+
+
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _parse_leaf(node: SchemaType, text: str, path: Path) -> Any:
+    base = node.inner if isinstance(node, OptionType) else node
+    if isinstance(base, Primitive) and base.type is bool:
+        parsed = _BOOLS.get(text.lower())
+        if parsed is not None:
+            return parsed
+    if _takes_bare_words(base):
+        try:
+            value = ron.loads(text)
+        except ron.ParseError:
+            return text
+        if type(value) is str or (value is None and isinstance(node, OptionType)):
+            return value
+        if isinstance(base, Primitive):
+            return text  # `name=123` for a str field is the string "123"
+        return value  # an Ident for an Enum or Literal
+    try:
+        return ron.loads(text, path="<override>")
+    except ron.ParseError as e:
+        raise _Failure(
+            path,
+            f"cannot parse value {text!r} for {format_path(path)} ({format_type(node)}): "
+            f"{e.msg} at column {e.col}",
+        ) from None
+
+
+def _takes_bare_words(node: SchemaType) -> bool:
+    if isinstance(node, Primitive):
+        return node.type is str or node.type is pathlib.Path
+    if isinstance(node, LiteralType):
+        return any(isinstance(v, str) for v in node.values)
+    return isinstance(node, EnumType)

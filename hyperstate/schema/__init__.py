@@ -1,0 +1,1 @@
+"""Schemas of config classes: type introspection, versioning and schema evolution."""

@@ -1,0 +1,684 @@
+"""Value tree <-> typed objects, driven by the schema tree.
+
+``to_value`` turns a dataclass instance into the plain value tree that the RON emitter
+writes; ``from_value`` turns a parsed value tree into instances of the config classes.
+Both compile one small function per schema node (cached), so converting a large config
+does little more than walk it once.
+
+``from_value`` does not stop at the first bad value: it collects every problem (type
+mismatches, unknown fields, missing fields) as an :class:`~hyperstate.errors.Issue`
+with the path of the value, and raises them together in one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import pathlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from hyperstate.errors import ConfigError, Issue, PathSegment
+from hyperstate.ron import Ident, Some, Struct, TupleStruct
+from hyperstate.schema.types import (
+    AnyType,
+    DictType,
+    EnumType,
+    ListType,
+    LiteralType,
+    OptionType,
+    Primitive,
+    SchemaType,
+    StructType,
+    TupleType,
+    UnionType,
+    VarTupleType,
+    format_type,
+    schema_of,
+    struct_schema,
+)
+
+__all__ = ["DecodeResult", "closest", "describe", "from_value", "plain", "to_value"]
+
+T = TypeVar("T")
+Path = tuple[PathSegment, ...]
+
+
+class _Invalid:
+    """Returned by a decoder that recorded an issue; never escapes this module."""
+
+    __slots__ = ()
+
+
+_INVALID: Any = _Invalid()
+
+
+class _Ctx:
+    __slots__ = ("ignore_extra_fields", "issues")
+
+    def __init__(self, ignore_extra_fields: bool) -> None:
+        self.issues: list[tuple[Path, str]] = []
+        self.ignore_extra_fields = ignore_extra_fields
+
+    def fail(self, path: Path, message: str) -> Any:
+        self.issues.append((path, message))
+        return _INVALID
+
+
+Decoder = Callable[[Any, Path, _Ctx], Any]
+Encoder = Callable[[Any, Path, bool], Any]
+
+
+# ---------------------------------------------------------------------------------------
+# Messages
+
+
+def describe(value: Any) -> str:
+    """A short description of a found value for error messages: ``"abc"``, ``struct Adam``."""
+    from hyperstate.ron import dumps
+
+    if isinstance(value, Struct):
+        return f"struct {value.name}(...)" if value.name else "a struct (...)"
+    if isinstance(value, TupleStruct):
+        return f"{value.name}(...)"
+    if isinstance(value, Ident):
+        return f"identifier {value.name}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"a map of {len(value)} entries"
+    if isinstance(value, tuple):
+        return "unit ()" if not value else f"a tuple of {len(value)} items"
+    if isinstance(value, Some):
+        return f"Some({describe(value.value)})"
+    try:
+        text = dumps(value)
+    except TypeError:
+        text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return text
+
+
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate most similar to ``name``, if any is similar enough to suggest."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    match = closest(name, candidates)
+    return f"; did you mean '{match}'?" if match else ""
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding: value tree -> typed objects
+
+
+class DecodeResult:
+    """The outcome of :func:`from_value` when issues are collected instead of raised."""
+
+    __slots__ = ("issues", "value")
+
+    def __init__(self, value: Any, issues: list[tuple[Path, str]]) -> None:
+        self.value = value
+        self.issues = issues
+
+
+def from_value(
+    cls: Any,
+    value: Any,
+    *,
+    ignore_extra_fields: bool = False,
+    collect: bool = False,
+) -> Any:
+    """Build an instance of ``cls`` (any supported annotation) from a value tree.
+
+    Raises:
+        ConfigError: every problem found, each with the path of the bad value.
+            With ``collect=True`` a :class:`DecodeResult` is returned instead, so that
+            the caller can attach file positions and override names to the issues.
+    """
+    node = cls if isinstance(cls, SchemaType) else schema_of(cls)
+    cx = _Ctx(ignore_extra_fields)
+    result = _decoder(node)(value, (), cx)
+    if collect:
+        return DecodeResult(None if result is _INVALID else result, cx.issues)
+    if cx.issues:
+        raise ConfigError([Issue(p, m) for p, m in cx.issues])
+    return result
+
+
+_DECODERS: dict[SchemaType, Decoder] = {}
+
+
+def _decoder(node: SchemaType) -> Decoder:
+    dec = _DECODERS.get(node)
+    if dec is None:
+        dec = _make_decoder(node)
+        _DECODERS[node] = dec
+    return dec
+
+
+def _make_decoder(node: SchemaType) -> Decoder:  # noqa: C901 - one branch per node kind
+    if isinstance(node, StructType):
+        return _struct_decoder(node)
+    if isinstance(node, Primitive):
+        return _PRIMITIVE_DECODERS[node.type]
+    if isinstance(node, OptionType):
+        inner = _decoder(node.inner)
+
+        def dec_option(v: Any, path: Path, cx: _Ctx) -> Any:
+            if v is None:
+                return None
+            if type(v) is Some:
+                v = v.value
+            return inner(v, path, cx)
+
+        return dec_option
+    if isinstance(node, ListType):
+        item = _decoder(node.item)
+
+        def dec_list(v: Any, path: Path, cx: _Ctx) -> Any:
+            if type(v) is not list and type(v) is not tuple:
+                return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
+            out = [item(x, (*path, i), cx) for i, x in enumerate(v)]
+            return _INVALID if _INVALID in out else out
+
+        return dec_list
+    if isinstance(node, VarTupleType):
+        item = _decoder(node.item)
+
+        def dec_vartuple(v: Any, path: Path, cx: _Ctx) -> Any:
+            if type(v) is not tuple and type(v) is not list:
+                return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
+            out = tuple(item(x, (*path, i), cx) for i, x in enumerate(v))
+            return _INVALID if _INVALID in out else out
+
+        return dec_vartuple
+    if isinstance(node, TupleType):
+        items = [_decoder(i) for i in node.items]
+
+        def dec_tuple(v: Any, path: Path, cx: _Ctx) -> Any:
+            if type(v) is not tuple and type(v) is not list:
+                return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
+            if len(v) != len(items):
+                return cx.fail(
+                    path,
+                    f"expected a tuple of {len(items)} items ({format_type(node)}), "
+                    f"found {len(v)} items",
+                )
+            out = tuple(d(x, (*path, i), cx) for i, (d, x) in enumerate(zip(items, v)))
+            return _INVALID if _INVALID in out else out
+
+        return dec_tuple
+    if isinstance(node, DictType):
+        key_dec = _decoder(node.key)
+        val_dec = _decoder(node.value)
+
+        def dec_dict(v: Any, path: Path, cx: _Ctx) -> Any:
+            if type(v) is Struct and node.key == Primitive(str):
+                v = v.fields  # `(a: 1)` is a fine way to write a str-keyed map
+            elif type(v) is not dict:
+                return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
+            out = {}
+            bad = False
+            for k, x in v.items():
+                kp = (*path, k)
+                key = key_dec(k, kp, cx)
+                val = val_dec(x, kp, cx)
+                if key is _INVALID or val is _INVALID:
+                    bad = True
+                else:
+                    out[key] = val
+            return _INVALID if bad else out
+
+        return dec_dict
+    if isinstance(node, EnumType):
+        return _enum_decoder(node)
+    if isinstance(node, LiteralType):
+        return _literal_decoder(node)
+    if isinstance(node, UnionType):
+        return _union_decoder(node)
+    if isinstance(node, AnyType):
+        return lambda v, path, cx: plain(v)
+    custom = getattr(node, "decoder", None)
+    if custom is not None:
+        result: Decoder = custom()
+        return result
+    raise TypeError(f"no decoder for schema node {node!r}")
+
+
+def _dec_int(v: Any, path: Path, cx: _Ctx) -> Any:
+    t = type(v)
+    if t is int:
+        return v
+    if t is float and v.is_integer():  # `steps: 1e5` is an integer written as a float
+        return int(v)
+    return cx.fail(path, f"expected int, found {describe(v)}")
+
+
+def _dec_float(v: Any, path: Path, cx: _Ctx) -> Any:
+    t = type(v)
+    if t is float:
+        return v
+    if t is int:
+        return float(v)
+    return cx.fail(path, f"expected float, found {describe(v)}")
+
+
+def _dec_str(v: Any, path: Path, cx: _Ctx) -> Any:
+    if type(v) is str:
+        return v
+    if type(v) is Ident:  # earlier releases wrote some strings as bare names
+        return v.name
+    return cx.fail(path, f"expected str, found {describe(v)}")
+
+
+def _dec_bool(v: Any, path: Path, cx: _Ctx) -> Any:
+    if type(v) is bool:
+        return v
+    return cx.fail(path, f"expected bool (true or false), found {describe(v)}")
+
+
+def _dec_bytes(v: Any, path: Path, cx: _Ctx) -> Any:
+    if type(v) is bytes:
+        return v
+    return cx.fail(path, f'expected bytes (b"..."), found {describe(v)}')
+
+
+def _dec_path(v: Any, path: Path, cx: _Ctx) -> Any:
+    if type(v) is str:
+        return pathlib.Path(v)
+    return cx.fail(path, f"expected a path string, found {describe(v)}")
+
+
+_PRIMITIVE_DECODERS: dict[type, Decoder] = {
+    int: _dec_int,
+    float: _dec_float,
+    str: _dec_str,
+    bool: _dec_bool,
+    bytes: _dec_bytes,
+    pathlib.Path: _dec_path,
+}
+
+
+def _enum_decoder(node: EnumType) -> Decoder:
+    cls = node.cls
+    members = cls.__members__
+
+    def dec_enum(v: Any, path: Path, cx: _Ctx) -> Any:
+        name = v.name if type(v) is Ident else v
+        if type(name) is str and name in members:
+            return members[name]
+        try:
+            return cls(v)  # the member's value, e.g. `act: "relu"` for RELU = "relu"
+        except (ValueError, TypeError):
+            pass
+        hint = _did_you_mean(name, members) if type(name) is str else ""
+        return cx.fail(
+            path,
+            f"expected one of {cls.__name__} {{{', '.join(members)}}}, "
+            f"found {describe(v)}{hint}",
+        )
+
+    return dec_enum
+
+
+def _literal_decoder(node: LiteralType) -> Decoder:
+    allowed = node.values
+
+    def dec_literal(v: Any, path: Path, cx: _Ctx) -> Any:
+        candidate = v.name if type(v) is Ident else v
+        for a in allowed:
+            if isinstance(a, enum.Enum):
+                if candidate == a.name:
+                    return a
+            elif type(a) is type(candidate) and a == candidate:
+                return a
+        names = ", ".join(describe(a.name if isinstance(a, enum.Enum) else a) for a in allowed)
+        return cx.fail(path, f"expected one of {names}, found {describe(v)}")
+
+    return dec_literal
+
+
+def _union_decoder(node: UnionType) -> Decoder:
+    structs = {o.name: o for o in node.options if isinstance(o, StructType)}
+    others = [o for o in node.options if not isinstance(o, StructType)]
+    names = " | ".join(format_type(o) for o in node.options)
+
+    def dec_union(v: Any, path: Path, cx: _Ctx) -> Any:
+        if type(v) is Struct or type(v) is Ident:
+            name = v.name
+            if name in structs:
+                return _decoder(structs[name])(v, path, cx)
+            if name is None and len(structs) == 1:
+                (only,) = structs.values()
+                return _decoder(only)(v, path, cx)
+            if type(v) is Struct and structs:
+                if name is None:
+                    return cx.fail(
+                        path,
+                        f"expected one of {names}; write the struct name to choose, "
+                        f"e.g. {next(iter(structs))}(...)",
+                    )
+                return cx.fail(
+                    path,
+                    f"expected one of {names}, found struct {name}"
+                    + _did_you_mean(name, structs),
+                )
+        for option in others:  # first primitive option that accepts the value wins
+            trial = _Ctx(cx.ignore_extra_fields)
+            out = _decoder(option)(v, path, trial)
+            if not trial.issues and _exact_primitive(option, v):
+                return out
+        for option in others:
+            trial = _Ctx(cx.ignore_extra_fields)
+            out = _decoder(option)(v, path, trial)
+            if not trial.issues:
+                return out
+        return cx.fail(path, f"expected {names}, found {describe(v)}")
+
+    return dec_union
+
+
+def _exact_primitive(option: SchemaType, v: Any) -> bool:
+    # In `int | float`, 1.0 must stay a float and 1 an int: prefer an exact type match.
+    if isinstance(option, Primitive) and option.type in (int, float, bool, str):
+        return type(v) is option.type
+    return True
+
+
+def _struct_decoder(node: StructType) -> Decoder:
+    state: dict[str, Any] = {}
+
+    def prepare() -> None:
+        state["decoders"] = {f.name: _decoder(f.type) for f in node.fields}
+        state["required"] = [f for f in node.fields if not f.has_default]
+
+    def dec_struct(v: Any, path: Path, cx: _Ctx) -> Any:
+        if not state:
+            prepare()
+        t = type(v)
+        if t is Struct:
+            items: Mapping[Any, Any] = v.fields
+        elif t is dict and all(type(k) is str for k in v):
+            items = v
+        elif v == () or (t is Ident and v.name == node.name):
+            items = {}  # unit `()` or a bare `Name`: every field takes its default
+        else:
+            return cx.fail(path, f"expected struct {node.name}(...), found {describe(v)}")
+        decoders: dict[str, Decoder] = state["decoders"]
+        kwargs: dict[str, Any] = {}
+        ok = True
+        for name, raw in items.items():
+            dec = decoders.get(name)
+            if dec is None:
+                if cx.ignore_extra_fields:
+                    continue
+                cx.fail(
+                    (*path, name),
+                    f"unknown field '{name}' in {node.name}" + _did_you_mean(name, decoders),
+                )
+                ok = False
+                continue
+            val = dec(raw, (*path, name), cx)
+            if val is _INVALID:
+                ok = False
+            else:
+                kwargs[name] = val
+        if len(kwargs) < len(decoders):
+            for f in state["required"]:
+                if f.name in items:
+                    continue
+                if isinstance(f.type, StructType):
+                    # A nested dataclass can be built from its own defaults.
+                    val = _decoder(f.type)(Struct(None, {}), (*path, f.name), cx)
+                    if val is _INVALID:
+                        ok = False
+                    else:
+                        kwargs[f.name] = val
+                else:
+                    ok = False
+                    cx.fail(
+                        (*path, f.name),
+                        f"missing required field '{f.name}' ({format_type(f.type)}) "
+                        f"of {node.name}",
+                    )
+        if not ok:
+            return _INVALID
+        try:
+            return node.cls(**kwargs)
+        except Exception as e:  # __post_init__ validation of the user's class
+            return cx.fail(path, f"{node.name}(...) rejected the values: {type(e).__name__}: {e}")
+
+    return dec_struct
+
+
+def plain(v: Any) -> Any:
+    """A value tree as plain Python: structs become dicts, identifiers strings."""
+    t = type(v)
+    if t is list:
+        return [plain(x) for x in v]
+    if t is tuple:
+        return tuple(plain(x) for x in v)
+    if t is dict:
+        return {plain(k): plain(x) for k, x in v.items()}
+    if t is Struct:
+        return {k: plain(x) for k, x in v.fields.items()}
+    if t is Some:
+        return plain(v.value)
+    if t is Ident:
+        return v.name
+    if t is TupleStruct:
+        return tuple(plain(x) for x in v.items)
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding: typed objects -> value tree
+
+
+def to_value(obj: Any, cls: Any = None, *, elide_defaults: bool = False) -> Any:
+    """The value tree of ``obj`` (a dataclass instance or any supported value).
+
+    ``cls`` is the annotation to encode against; by default the type of ``obj``.
+    With ``elide_defaults``, struct fields equal to their default are left out.
+
+    Raises:
+        ConfigError: a value does not match its annotation (the path is named).
+    """
+    if cls is None:
+        cls = type(obj)
+        if not _is_dataclass_type(cls):
+            return _encode_any(obj, (), elide_defaults)
+    node = cls if isinstance(cls, SchemaType) else schema_of(cls)
+    return _encoder(node)(obj, (), elide_defaults)
+
+
+def _is_dataclass_type(cls: Any) -> bool:
+    return isinstance(cls, type) and hasattr(cls, "__dataclass_fields__")
+
+
+_ENCODERS: dict[SchemaType, Encoder] = {}
+
+
+def _encoder(node: SchemaType) -> Encoder:
+    enc = _ENCODERS.get(node)
+    if enc is None:
+        enc = _make_encoder(node)
+        _ENCODERS[node] = enc
+    return enc
+
+
+def _mismatch(node: SchemaType, obj: Any, path: Path) -> ConfigError:
+    return ConfigError(
+        [Issue(path, f"cannot write {type(obj).__name__} {obj!r} as {format_type(node)}")]
+    )
+
+
+def _make_encoder(node: SchemaType) -> Encoder:  # noqa: C901 - one branch per node kind
+    if isinstance(node, StructType):
+        return _struct_encoder(node)
+    if isinstance(node, Primitive):
+        return _primitive_encoder(node)
+    if isinstance(node, OptionType):
+        inner = _encoder(node.inner)
+        return lambda obj, path, elide: None if obj is None else inner(obj, path, elide)
+    if isinstance(node, ListType | VarTupleType):
+        item = _encoder(node.item)
+        container = list if isinstance(node, ListType) else tuple
+
+        def enc_seq(obj: Any, path: Path, elide: bool) -> Any:
+            if not isinstance(obj, list | tuple):
+                raise _mismatch(node, obj, path)
+            return container(item(x, (*path, i), elide) for i, x in enumerate(obj))
+
+        return enc_seq
+    if isinstance(node, TupleType):
+        items = [_encoder(i) for i in node.items]
+
+        def enc_tuple(obj: Any, path: Path, elide: bool) -> Any:
+            if not isinstance(obj, list | tuple) or len(obj) != len(items):
+                raise _mismatch(node, obj, path)
+            return tuple(e(x, (*path, i), elide) for i, (e, x) in enumerate(zip(items, obj)))
+
+        return enc_tuple
+    if isinstance(node, DictType):
+        key_enc = _encoder(node.key)
+        val_enc = _encoder(node.value)
+
+        def enc_dict(obj: Any, path: Path, elide: bool) -> Any:
+            if not isinstance(obj, Mapping):
+                raise _mismatch(node, obj, path)
+            return {
+                key_enc(k, (*path, k), elide): val_enc(x, (*path, k), elide)
+                for k, x in obj.items()
+            }
+
+        return enc_dict
+    if isinstance(node, EnumType):
+
+        def enc_enum(obj: Any, path: Path, elide: bool) -> Any:
+            if not isinstance(obj, node.cls):
+                raise _mismatch(node, obj, path)
+            return Ident(obj.name)
+
+        return enc_enum
+    if isinstance(node, LiteralType):
+
+        def enc_literal(obj: Any, path: Path, elide: bool) -> Any:
+            for a in node.values:
+                if type(a) is type(obj) and a == obj:
+                    return Ident(a.name) if isinstance(a, enum.Enum) else a
+            raise _mismatch(node, obj, path)
+
+        return enc_literal
+    if isinstance(node, UnionType):
+        return _union_encoder(node)
+    if isinstance(node, AnyType):
+        return _encode_any
+    custom = getattr(node, "encoder", None)
+    if custom is not None:
+        result: Encoder = custom()
+        return result
+    raise TypeError(f"no encoder for schema node {node!r}")
+
+
+def _primitive_encoder(node: Primitive) -> Encoder:
+    kind = node.type
+
+    def enc_primitive(obj: Any, path: Path, elide: bool) -> Any:
+        t = type(obj)
+        if t is kind:
+            return str(obj) if kind is pathlib.Path else obj
+        if kind is float and t is int:
+            return float(obj)
+        if kind is pathlib.Path and isinstance(obj, pathlib.PurePath | str):
+            return str(obj)
+        if isinstance(obj, kind) and not (kind is int and t is bool):
+            return kind(obj)  # subclasses such as IntEnum members or numpy scalars
+        if kind in (int, float) and hasattr(obj, "item") and callable(obj.item):
+            value = obj.item()  # numpy / torch scalars
+            if type(value) in (int, float) and not isinstance(value, bool):
+                return float(value) if kind is float else value
+        raise _mismatch(node, obj, path)
+
+    return enc_primitive
+
+
+def _union_encoder(node: UnionType) -> Encoder:
+    def enc_union(obj: Any, path: Path, elide: bool) -> Any:
+        t = type(obj)
+        for option in node.options:
+            if isinstance(option, StructType) and t is option.cls:
+                return _encoder(option)(obj, path, elide)
+        for option in node.options:
+            if isinstance(option, Primitive) and t is option.type:
+                return _encoder(option)(obj, path, elide)
+        for option in node.options:
+            if isinstance(option, StructType) and isinstance(obj, option.cls):
+                return _encoder(option)(obj, path, elide)
+            if not isinstance(option, StructType):
+                try:
+                    return _encoder(option)(obj, path, elide)
+                except ConfigError:
+                    continue
+        raise _mismatch(node, obj, path)
+
+    return enc_union
+
+
+def _struct_encoder(node: StructType) -> Encoder:
+    def enc_struct(obj: Any, path: Path, elide: bool) -> Any:
+        t = type(obj)
+        target = node
+        if t is not node.cls:
+            if not _is_dataclass_type(t):
+                raise _mismatch(node, obj, path)
+            target = struct_schema(t)  # a subclass: write what is really there
+        fields: dict[str, Any] = {}
+        for f in target.fields:
+            value = getattr(obj, f.name)
+            if elide and f.has_default and _equals_default(value, f.make_default()):
+                continue
+            fields[f.name] = _encoder(f.type)(value, (*path, f.name), elide)
+        return Struct(target.name, fields)
+
+    return enc_struct
+
+
+def _equals_default(value: Any, default: Any) -> bool:
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # e.g. arrays whose == is elementwise
+        return False
+
+
+def _encode_any(obj: Any, path: Path, elide: bool) -> Any:
+    t = type(obj)
+    if obj is None or t in (bool, int, str, bytes):
+        return obj
+    if t is float:
+        return obj
+    if t is list:
+        return [_encode_any(x, (*path, i), elide) for i, x in enumerate(obj)]
+    if t is tuple:
+        return tuple(_encode_any(x, (*path, i), elide) for i, x in enumerate(obj))
+    if isinstance(obj, Mapping):
+        return {
+            _encode_any(k, (*path, k), elide): _encode_any(x, (*path, k), elide)
+            for k, x in obj.items()
+        }
+    if isinstance(obj, enum.Enum):
+        return Ident(obj.name)
+    if isinstance(obj, pathlib.PurePath):
+        return str(obj)
+    if _is_dataclass_type(t):
+        return _encoder(struct_schema(t))(obj, path, elide)
+    if isinstance(obj, list | tuple):
+        return [_encode_any(x, (*path, i), elide) for i, x in enumerate(obj)]
+    if isinstance(obj, int | float | str):
+        return obj
+    raise ConfigError([Issue(path, f"cannot write a value of type {t.__name__}: {obj!r}")])
+

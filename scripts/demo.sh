@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets everything up on a fresh machine and runs the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+.venv/bin/python examples/quickstart.py "$@"
