@@ -112,8 +112,11 @@ def _walk(node: StructType, prefix: str) -> Iterator[tuple[str, SchemaType, str 
         inner = f.type.inner if isinstance(f.type, OptionType) else f.type
         default = _render_default(f.make_default(), f.type) if f.has_default else None
         if isinstance(inner, StructType) and inner is not node:
-            yield path, f.type, None if default and "\n" in default else default, docs.get(
-                f.name, ""
+            yield (
+                path,
+                f.type,
+                None if default and "\n" in default else default,
+                docs.get(f.name, ""),
             )
             yield from _walk(inner, f"{path}.")
         elif isinstance(inner, ListType) and isinstance(inner.item, StructType):
@@ -137,4 +140,7 @@ def _short(text: str | None) -> str | None:
     if text is None:
         return None
     flat = " ".join(line.strip() for line in text.splitlines())
+    for wide, tight in (("( ", "("), ("[ ", "["), ("{ ", "{"), (", )", ")"), (", ]", "]")):
+        flat = flat.replace(wide, tight)
+    flat = flat.replace(", }", "}")
     return flat if len(flat) <= 60 else flat[:57] + "..."

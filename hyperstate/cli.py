@@ -16,7 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="hyperstate",
         description="Typed configs, schema evolution and checkpoints for PyTorch training runs.",
     )
-    parser.add_argument("--version", action="version", version=f"hyperstate {hyperstate.__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"hyperstate {hyperstate.__version__}"
+    )
     parser.parse_args(argv)
     parser.print_help()
     return 0

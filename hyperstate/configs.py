@@ -16,6 +16,7 @@ Config(lr=0.3, batch_size=256)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -120,24 +121,24 @@ def _build(
 
 
 def _place(
-    issues: list[tuple[tuple[PathSegment, ...], str]],
+    issues: list[Issue],
     text: str | None,
     file: str,
     applied: dict[tuple[PathSegment, ...], str],
 ) -> list[Issue]:
     """Attach to each issue the override that set its value, or its place in the file."""
     positions: dict[Any, tuple[int, int]] = {}
-    from_file = [p for p, _ in issues if _override_of(p, applied) is None]
+    from_file = [i.path for i in issues if _override_of(i.path, applied) is None]
     if text is not None and from_file:
         positions = ron.locate(text, from_file, path=file)
     placed = []
-    for path, message in issues:
-        override = _override_of(path, applied)
+    for issue in issues:
+        override = _override_of(issue.path, applied)
         location = None
-        if override is None and path in positions:
-            line, col = positions[path]
+        if override is None and issue.path in positions:
+            line, col = positions[issue.path]
             location = f"{file}:{line}:{col}"
-        placed.append(Issue(path, message, location=location, override=override))
+        placed.append(dataclasses.replace(issue, location=location, override=override))
     return placed
 
 

@@ -83,19 +83,23 @@ class Issue:
         message: what was expected and what was found.
         location: ``file:line:col`` of the value, when it came from a file.
         override: the command-line override that supplied the value, if any.
+        hint: a suggestion shown after the place, e.g. ``did you mean 'lr'?``.
     """
 
     path: tuple[PathSegment, ...]
     message: str
     location: str | None = None
     override: str | None = None
+    hint: str | None = None
 
     def __str__(self) -> str:
-        text = f"{self.message} at {format_path(self.path)}"
+        text = f"{self.message} at {format_path(self.path)}" if self.path else self.message
         if self.override is not None:
             text += f" (from override {self.override!r})"
         if self.location is not None:
             text = f"{self.location}: {text}"
+        if self.hint:
+            text += f"; {self.hint}"
         return text
 
 

@@ -33,7 +33,7 @@ from hyperstate.schema.types import (
     VarTupleType,
     format_type,
 )
-from hyperstate.serde import closest, to_value
+from hyperstate.serde import did_you_mean, to_value
 
 __all__ = ["Override", "apply_overrides", "parse_override"]
 
@@ -63,9 +63,10 @@ class Override:
 
 
 class _Failure(Exception):
-    def __init__(self, path: Path, message: str) -> None:
+    def __init__(self, path: Path, message: str, hint: str | None = None) -> None:
         self.path = path
         self.message = message
+        self.hint = hint
 
 
 def parse_override(text: str) -> Override:
@@ -96,7 +97,7 @@ def parse_override(text: str) -> Override:
                 pos = m.end()
                 expect_name = False
                 continue
-            raise _malformed(text, f"expected an index like [2] or a key like [\"a.b\"] at {pos}")
+            raise _malformed(text, f'expected an index like [2] or a key like ["a.b"] at {pos}')
         if c == ".":
             if expect_name:
                 raise _malformed(text, f"expected a field name before '.' at column {pos + 1}")
@@ -146,7 +147,7 @@ def apply_overrides(
         except ConfigError as e:
             issues.extend(e.issues)
         except _Failure as e:
-            issues.append(Issue(e.path, e.message, override=text))
+            issues.append(Issue(e.path, e.message, override=text, hint=e.hint))
         else:
             applied[path] = text
     if issues:
@@ -235,12 +236,8 @@ def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any,
         field = node.field_map.get(name)
         if field is None:
             known = [f.name for f in node.fields]
-            match = closest(name, known)
-            hint = f"; did you mean '{match}'?" if match else f"; fields: {', '.join(known)}"
-            where = f" at {format_path(path)}" if path else ""
-            raise _Failure(
-                (*path, name), f"unknown field '{name}' in {node.name}{where}{hint}"
-            )
+            hint = did_you_mean(name, known) or f"fields: {', '.join(known)}"
+            raise _Failure((*path, name), f"unknown field '{name}' in {node.name}", hint)
         if name not in fields:
             fields[name] = _default_value(field, (*path, name))
         return fields, name, field.type
@@ -251,7 +248,7 @@ def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any,
         if not -len(value) <= index < len(value):
             raise _Failure(
                 (*path, index),
-                f"index {index} out of range for {format_path(path)} (length {len(value)}); "
+                f"index {index} out of range for {format_path(path)} (length {len(value)})",
                 f"use '{format_path(path)}+=[...]' to append",
             )
         index %= len(value)
@@ -305,7 +302,9 @@ def _dict_key(key_node: SchemaType, seg: Any, value: dict[Any, Any], path: Path)
         try:
             return int(raw)
         except ValueError:
-            raise _Failure(path, f"expected an int key for {format_path(path)}, found {raw!r}")
+            raise _Failure(
+                path, f"expected an int key for {format_path(path)}, found {raw!r}"
+            ) from None
     if isinstance(key_node, EnumType):
         name = str(raw)
         for existing in value:

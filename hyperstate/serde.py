@@ -38,7 +38,15 @@ from hyperstate.schema.types import (
     struct_schema,
 )
 
-__all__ = ["DecodeResult", "closest", "describe", "from_value", "plain", "to_value"]
+__all__ = [
+    "DecodeResult",
+    "closest",
+    "describe",
+    "did_you_mean",
+    "from_value",
+    "plain",
+    "to_value",
+]
 
 T = TypeVar("T")
 Path = tuple[PathSegment, ...]
@@ -57,11 +65,11 @@ class _Ctx:
     __slots__ = ("ignore_extra_fields", "issues")
 
     def __init__(self, ignore_extra_fields: bool) -> None:
-        self.issues: list[tuple[Path, str]] = []
+        self.issues: list[Issue] = []
         self.ignore_extra_fields = ignore_extra_fields
 
-    def fail(self, path: Path, message: str) -> Any:
-        self.issues.append((path, message))
+    def fail(self, path: Path, message: str, hint: str | None = None) -> Any:
+        self.issues.append(Issue(path, message, hint=hint))
         return _INVALID
 
 
@@ -106,9 +114,10 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """``did you mean 'x'?`` for the closest candidate, or None."""
     match = closest(name, candidates)
-    return f"; did you mean '{match}'?" if match else ""
+    return f"did you mean '{match}'?" if match else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,7 +129,7 @@ class DecodeResult:
 
     __slots__ = ("issues", "value")
 
-    def __init__(self, value: Any, issues: list[tuple[Path, str]]) -> None:
+    def __init__(self, value: Any, issues: list[Issue]) -> None:
         self.value = value
         self.issues = issues
 
@@ -145,7 +154,7 @@ def from_value(
     if collect:
         return DecodeResult(None if result is _INVALID else result, cx.issues)
     if cx.issues:
-        raise ConfigError([Issue(p, m) for p, m in cx.issues])
+        raise ConfigError(cx.issues)
     return result
 
 
@@ -160,7 +169,7 @@ def _decoder(node: SchemaType) -> Decoder:
     return dec
 
 
-def _make_decoder(node: SchemaType) -> Decoder:  # noqa: C901 - one branch per node kind
+def _make_decoder(node: SchemaType) -> Decoder:
     if isinstance(node, StructType):
         return _struct_decoder(node)
     if isinstance(node, Primitive):
@@ -208,7 +217,7 @@ def _make_decoder(node: SchemaType) -> Decoder:  # noqa: C901 - one branch per n
                     f"expected a tuple of {len(items)} items ({format_type(node)}), "
                     f"found {len(v)} items",
                 )
-            out = tuple(d(x, (*path, i), cx) for i, (d, x) in enumerate(zip(items, v)))
+            out = tuple(d(x, (*path, i), cx) for i, (d, x) in enumerate(zip(items, v, strict=True)))
             return _INVALID if _INVALID in out else out
 
         return dec_tuple
@@ -312,14 +321,13 @@ def _enum_decoder(node: EnumType) -> Decoder:
         if type(name) is str and name in members:
             return members[name]
         try:
-            return cls(v)  # the member's value, e.g. `act: "relu"` for RELU = "relu"
+            return cls(name)  # the member's value, e.g. `act: "relu"` for RELU = "relu"
         except (ValueError, TypeError):
             pass
-        hint = _did_you_mean(name, members) if type(name) is str else ""
         return cx.fail(
             path,
-            f"expected one of {cls.__name__} {{{', '.join(members)}}}, "
-            f"found {describe(v)}{hint}",
+            f"expected one of {cls.__name__} {{{', '.join(members)}}}, found {describe(v)}",
+            did_you_mean(name, members) if type(name) is str else None,
         )
 
     return dec_enum
@@ -364,8 +372,8 @@ def _union_decoder(node: UnionType) -> Decoder:
                     )
                 return cx.fail(
                     path,
-                    f"expected one of {names}, found struct {name}"
-                    + _did_you_mean(name, structs),
+                    f"expected one of {names}, found struct {name}",
+                    did_you_mean(name, structs),
                 )
         for option in others:  # first primitive option that accepts the value wins
             trial = _Ctx(cx.ignore_extra_fields)
@@ -418,7 +426,8 @@ def _struct_decoder(node: StructType) -> Decoder:
                     continue
                 cx.fail(
                     (*path, name),
-                    f"unknown field '{name}' in {node.name}" + _did_you_mean(name, decoders),
+                    f"unknown field '{name}' in {node.name}",
+                    did_you_mean(name, decoders),
                 )
                 ok = False
                 continue
@@ -442,8 +451,7 @@ def _struct_decoder(node: StructType) -> Decoder:
                     ok = False
                     cx.fail(
                         (*path, f.name),
-                        f"missing required field '{f.name}' ({format_type(f.type)}) "
-                        f"of {node.name}",
+                        f"missing required field '{f.name}' ({format_type(f.type)}) of {node.name}",
                     )
         if not ok:
             return _INVALID
@@ -517,7 +525,7 @@ def _mismatch(node: SchemaType, obj: Any, path: Path) -> ConfigError:
     )
 
 
-def _make_encoder(node: SchemaType) -> Encoder:  # noqa: C901 - one branch per node kind
+def _make_encoder(node: SchemaType) -> Encoder:
     if isinstance(node, StructType):
         return _struct_encoder(node)
     if isinstance(node, Primitive):
@@ -541,7 +549,9 @@ def _make_encoder(node: SchemaType) -> Encoder:  # noqa: C901 - one branch per n
         def enc_tuple(obj: Any, path: Path, elide: bool) -> Any:
             if not isinstance(obj, list | tuple) or len(obj) != len(items):
                 raise _mismatch(node, obj, path)
-            return tuple(e(x, (*path, i), elide) for i, (e, x) in enumerate(zip(items, obj)))
+            return tuple(
+                e(x, (*path, i), elide) for i, (e, x) in enumerate(zip(items, obj, strict=True))
+            )
 
         return enc_tuple
     if isinstance(node, DictType):
@@ -552,8 +562,7 @@ def _make_encoder(node: SchemaType) -> Encoder:  # noqa: C901 - one branch per n
             if not isinstance(obj, Mapping):
                 raise _mismatch(node, obj, path)
             return {
-                key_enc(k, (*path, k), elide): val_enc(x, (*path, k), elide)
-                for k, x in obj.items()
+                key_enc(k, (*path, k), elide): val_enc(x, (*path, k), elide) for k, x in obj.items()
             }
 
         return enc_dict
@@ -681,4 +690,3 @@ def _encode_any(obj: Any, path: Path, elide: bool) -> Any:
     if isinstance(obj, int | float | str):
         return obj
     raise ConfigError([Issue(path, f"cannot write a value of type {t.__name__}: {obj!r}")])
-

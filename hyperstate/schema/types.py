@@ -8,6 +8,7 @@ hyperstate cannot handle fails here, the first time its class is used, with a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import pathlib
@@ -217,10 +218,8 @@ def schema_of(annotation: Any) -> SchemaType:
     if cached is not None:
         return cached
     node = _convert(annotation)
-    try:
+    with contextlib.suppress(TypeError):
         _TYPE_CACHE[annotation] = node
-    except TypeError:
-        pass
     return node
 
 
@@ -394,4 +393,3 @@ def _literal_repr(value: Any) -> str:
     if isinstance(value, enum.Enum):
         return f"{type(value).__name__}.{value.name}"
     return repr(value)
-

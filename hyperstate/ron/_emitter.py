@@ -1,0 +1,263 @@
+"""Value tree -> RON text, in the one layout hyperstate writes.
+
+The layout is that of earlier hyperstate releases: four-space indents, one struct field
+or map entry per line, trailing commas, tuples and short lists of scalars on one line.
+Output depends only on the value (dicts keep their insertion order), so the same
+config always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from math import inf
+
+from hyperstate.ron._parser import _IDENT, _RAW_IDENT, MAX_DEPTH
+from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
+
+__all__ = ["dumps"]
+
+_INDENT = "    "
+_INLINE_LIST_WIDTH = 80
+
+_plain_name = re.compile(_IDENT).fullmatch
+_raw_name = re.compile(_RAW_IDENT).fullmatch
+# Words that would read back as something else if written bare.
+_KEYWORDS = frozenset({"true", "false", "None", "Some", "inf", "NaN"})
+
+# Control characters, both line separators and lone surrogates are escaped, so the text
+# stays printable and any Python str reads back exactly; other non-ASCII text is kept.
+_needs_escape = re.compile(r'[\\"\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]')
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_BYTE_TEXT = tuple(
+    "\\\\"
+    if byte == 0x5C
+    else '\\"'
+    if byte == 0x22
+    else chr(byte)
+    if 0x20 <= byte < 0x7F
+    else f"\\x{byte:02X}"
+    for byte in range(256)
+)
+
+
+def dumps(value: Value) -> str:
+    """Write a value tree as RON text, without a trailing newline.
+
+    Floats are written so that they read back to the same number (``repr``), strings
+    and bytes so that they read back to the same text and bytes. Two values have no
+    text of their own: a tuple struct without items is written ``Name()`` and an
+    unnamed struct without fields ``()``, which read back as an empty struct and as
+    unit. Raises :class:`TypeError` for a Python type that has no RON form and
+    :class:`ValueError` for a name that cannot be written or nesting deeper than
+    :data:`~hyperstate.ron.MAX_DEPTH`.
+
+    >>> print(dumps(Struct("Optimizer", {"lr": 0.003, "betas": (0.9, 0.98)})))
+    Optimizer(
+        lr: 0.003,
+        betas: (0.9, 0.98),
+    )
+    """
+    out: list[str] = []
+    _write(value, out, "", 0)
+    return "".join(out)
+
+
+def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
+    """Append ``value`` laid out over lines; ``indent`` is that of its first line."""
+    text = _scalar(value)
+    if text is not None:
+        out.append(text)
+        return
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"nesting deeper than {MAX_DEPTH} levels cannot be written")
+    inner = indent + _INDENT
+    depth += 1
+    if isinstance(value, Struct):
+        head = "" if value.name is None else _name(value.name)
+        if not value.fields:
+            out.append(head + "()")
+            return
+        out.append(head + "(\n")
+        for field, item in value.fields.items():
+            out.append(f"{inner}{_name(field)}: ")
+            _write(item, out, inner, depth)
+            out.append(",\n")
+        out.append(indent + ")")
+    elif isinstance(value, list):
+        if not value:
+            out.append("[]")
+            return
+        texts = [_scalar(item) for item in value]
+        if None not in texts:
+            line = "[" + ", ".join(texts) + "]"  # type: ignore[arg-type]
+            if len(line) <= _INLINE_LIST_WIDTH:
+                out.append(line)
+                return
+        _write_items("[", value, "]", out, indent, depth)
+    elif isinstance(value, tuple | TupleStruct):
+        head, items = (
+            ("(", value) if isinstance(value, tuple) else (_name(value.name) + "(", value.items)
+        )
+        texts = [_scalar(item) for item in items]
+        if None not in texts:
+            comma = "," if len(items) == 1 and head == "(" else ""
+            out.append(head + ", ".join(texts) + comma + ")")  # type: ignore[arg-type]
+        else:
+            _write_items(head, items, ")", out, indent, depth)
+    elif isinstance(value, dict):
+        if not value:
+            out.append("{}")
+            return
+        out.append("{\n")
+        for key, item in value.items():
+            out.append(f"{inner}{_inline(key, depth)}: ")
+            _write(item, out, inner, depth)
+            out.append(",\n")
+        out.append(indent + "}")
+    elif isinstance(value, Some):
+        out.append("Some(")
+        _write(value.value, out, indent, depth)
+        out.append(")")
+    else:
+        raise _unsupported(value)
+
+
+def _write_items(
+    head: str,
+    items: list[Value] | tuple[Value, ...],
+    tail: str,
+    out: list[str],
+    indent: str,
+    depth: int,
+) -> None:
+    inner = indent + _INDENT
+    out.append(head + "\n")
+    for item in items:
+        out.append(inner)
+        _write(item, out, inner, depth)
+        out.append(",\n")
+    out.append(indent + tail)
+
+
+def _inline(value: Value, depth: int) -> str:
+    """``value`` on one line, as map keys are written."""
+    text = _scalar(value)
+    if text is not None:
+        return text
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"nesting deeper than {MAX_DEPTH} levels cannot be written")
+    depth += 1
+    if isinstance(value, Struct):
+        head = "" if value.name is None else _name(value.name)
+        fields = ", ".join(
+            f"{_name(field)}: {_inline(item, depth)}" for field, item in value.fields.items()
+        )
+        return f"{head}({fields})"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(item, depth) for item in value) + "]"
+    if isinstance(value, tuple):
+        comma = "," if len(value) == 1 else ""
+        return "(" + ", ".join(_inline(item, depth) for item in value) + comma + ")"
+    if isinstance(value, TupleStruct):
+        return (
+            _name(value.name) + "(" + ", ".join(_inline(item, depth) for item in value.items) + ")"
+        )
+    if isinstance(value, dict):
+        entries = ", ".join(f"{_inline(k, depth)}: {_inline(v, depth)}" for k, v in value.items())
+        return "{" + entries + "}"
+    if isinstance(value, Some):
+        return f"Some({_inline(value.value, depth)})"
+    raise _unsupported(value)
+
+
+def _scalar(value: Value) -> str | None:
+    """The text of a value that is always written on one line, else None.
+
+    That is every leaf, unit ``()``, and ``Some`` around a leaf.
+    """
+    kind = type(value)
+    if kind is str:
+        return _string(value)
+    if kind is float:
+        return _float(value)
+    if kind is int:
+        return _int(value)
+    if value is None:
+        return "None"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is Ident:
+        return _name(value.name)
+    if kind is tuple and not value:
+        return "()"
+    if kind is Some:
+        somes = 0
+        while type(value) is Some and somes < MAX_DEPTH:
+            value = value.value
+            somes += 1
+        inner = _scalar(value) if type(value) is not Some else None
+        return None if inner is None else "Some(" * somes + inner + ")" * somes
+    if kind is bytes:
+        return 'b"' + "".join(map(_BYTE_TEXT.__getitem__, value)) + '"'
+    # Subclasses (str enums, IntEnum, ...) are written as their base type.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return _int(int(value))
+    if isinstance(value, float):
+        return _float(float(value))
+    if isinstance(value, str):
+        return _string(str.__str__(value))
+    if isinstance(value, bytes):
+        return _scalar(bytes(value))
+    return None
+
+
+def _int(value: int) -> str:
+    try:
+        return int.__repr__(value)
+    except ValueError:
+        # Past sys.int_max_str_digits decimal conversion is refused; hex has no limit
+        # and reads back to the same int.
+        return hex(value)
+
+
+def _float(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value == inf:
+        return "inf"
+    if value == -inf:
+        return "-inf"
+    # repr is the shortest text that reads back to the same float, and always has a
+    # '.' or an exponent, so it reads back as a float and not an int.
+    return float.__repr__(value)
+
+
+def _string(text: str) -> str:
+    if _needs_escape.search(text) is None:
+        return '"' + text + '"'
+    return '"' + _needs_escape.sub(_escape, text) + '"'
+
+
+def _escape(m: re.Match[str]) -> str:
+    char = m[0]
+    return _ESCAPES.get(char) or f"\\u{{{ord(char):X}}}"
+
+
+def _name(name: str) -> str:
+    """A struct or variant name, raw (``r#name``) where a bare one would not read back."""
+    if not isinstance(name, str):
+        raise TypeError(f"a RON name must be a str, not {type(name).__name__}")
+    if _plain_name(name) is not None and name not in _KEYWORDS:
+        return name
+    if _raw_name(name) is not None:
+        return "r#" + name
+    raise ValueError(
+        f"the name {name!r} cannot be written in RON: names are identifiers, "
+        f"or letters, digits, '_', '.', '+' and '-' written as r#name"
+    )
+
+
+def _unsupported(value: Value) -> TypeError:
+    return TypeError(f"cannot write a value of type {type(value).__name__} as RON")
