@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from hyperstate import _fs, ron
 from hyperstate.errors import ConfigError, Issue, PathSegment
-from hyperstate.overrides import apply_overrides
+from hyperstate.overrides import apply_overrides_collect
 from hyperstate.ron import Struct
 from hyperstate.schema.types import struct_schema
 from hyperstate.serde import from_value, to_value
@@ -111,11 +111,14 @@ def _build(
 ) -> T:
     node = struct_schema(cls)
     applied: dict[tuple[PathSegment, ...], str] = {}
+    bad_overrides: list[Issue] = []
     if overrides:
-        tree, applied = apply_overrides(node, tree, overrides)
+        # Bad overrides are skipped so that the typed load can report its own problems
+        # too: the user sees everything wrong with one command line at once.
+        tree, applied, bad_overrides = apply_overrides_collect(node, tree, overrides)
     result = from_value(node, tree, ignore_extra_fields=ignore_extra_fields, collect=True)
-    if result.issues:
-        raise ConfigError(_place(result.issues, text, file, applied))
+    if result.issues or bad_overrides:
+        raise ConfigError(bad_overrides + _place(result.issues, text, file, applied))
     value: T = result.value
     return value
 

@@ -35,7 +35,7 @@ from hyperstate.schema.types import (
 )
 from hyperstate.serde import did_you_mean, to_value
 
-__all__ = ["Override", "apply_overrides", "parse_override"]
+__all__ = ["Override", "apply_overrides", "apply_overrides_collect", "parse_override"]
 
 Path = tuple[PathSegment, ...]
 
@@ -137,6 +137,19 @@ def apply_overrides(
         ConfigError: listing every bad override of the call (malformed, unknown path,
             unparseable value), each naming the override string.
     """
+    tree, applied, issues = apply_overrides_collect(root, tree, overrides)
+    if issues:
+        raise ConfigError(issues, context="invalid override" + ("s" if len(issues) > 1 else ""))
+    return tree, applied
+
+
+def apply_overrides_collect(
+    root: StructType, tree: Any, overrides: Sequence[str]
+) -> tuple[Any, dict[Path, str], list[Issue]]:
+    """Like :func:`apply_overrides`, but returns the issues instead of raising them.
+
+    Overrides that fail are skipped; the others are applied.
+    """
     box = [tree if tree is not None else Struct(None, {})]
     applied: dict[Path, str] = {}
     issues: list[Issue] = []
@@ -150,9 +163,7 @@ def apply_overrides(
             issues.append(Issue(e.path, e.message, override=text, hint=e.hint))
         else:
             applied[path] = text
-    if issues:
-        raise ConfigError(issues, context="invalid override" + ("s" if len(issues) > 1 else ""))
-    return box[0], applied
+    return box[0], applied, issues
 
 
 def _apply(root: StructType, box: list[Any], override: Override) -> Path:

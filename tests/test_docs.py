@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import doctest
 import io
+import linecache
 import re
 import sys
 import types
@@ -49,10 +50,19 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")
     monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look it up
     namespace = module.__dict__
+    # The page's code as one virtual file, so that inspect.getsource (field docs for
+    # --help) finds the classes the examples define.
+    filename = f"<{page.name}>"
+    module.__file__ = filename
+    source = ""
     for number, (code, expected) in enumerate(blocks, 1):
+        offset = source.count("\n")
+        source += code
+        lines = source.splitlines(keepends=True)
+        monkeypatch.setitem(linecache.cache, filename, (len(source), None, lines, filename))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            exec(compile(code, f"{page.name}[block {number}]", "exec"), namespace)
+            exec(compile("\n" * offset + code, filename, "exec"), namespace)
         if expected is not None:
             assert out.getvalue() == expected, f"{page.name} block {number} printed otherwise"
 

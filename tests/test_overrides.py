@@ -129,7 +129,7 @@ def test_unknown_path_suggests_closest() -> None:
     with pytest.raises(ConfigError) as info:
         load("optimizer.lrr=0.1")
     assert str(info.value) == (
-        "invalid override: unknown field 'lrr' in Adam at optimizer.lrr "
+        "unknown field 'lrr' in Adam at optimizer.lrr "
         "(from override 'optimizer.lrr=0.1'); did you mean 'lr'?"
     )
 
@@ -196,7 +196,7 @@ def test_from_args_bad_input_exits_2_with_message(capsys: pytest.CaptureFixture[
         hyperstate.from_args(Config, ["stepz=1"], prog="train.py")
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "train.py: error: invalid override: unknown field 'stepz' in Config" in err
+    assert "train.py: error: unknown field 'stepz' in Config" in err
     assert "did you mean 'steps'?" in err
 
 
