@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from hyperstate import ron
 from hyperstate.configs import load
@@ -79,7 +79,7 @@ def from_args(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | No
         _exit(prog, str(e))
 
 
-def _exit(prog: str, message: str) -> Any:
+def _exit(prog: str, message: str) -> NoReturn:
     print(_USAGE.format(prog=prog), file=sys.stderr)
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import enum
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_ron_corpus import DATA, read, strict_equal
 
-from hyperstate.ron import MAX_DEPTH, Ident, Some, Struct, TupleStruct, dumps, loads
+from hyperstate.ron import MAX_DEPTH, Ident, Some, Struct, TupleStruct, dumps, loads, locate
+from hyperstate.ron._parser import _value
 
 DESIGN_EXAMPLE = """\
 Config(
@@ -222,11 +224,38 @@ def _deep_tuple() -> tuple[Any, ...]:
     return value
 
 
-def test_deepest_writable_value_reads_back() -> None:
-    deep: list[Any] = []
-    for _ in range(MAX_DEPTH - 1):
-        deep = [deep]
-    assert loads(dumps(deep)) == deep
+def _nest(levels: int, inner: Any, wrap: Any) -> Any:
+    for _ in range(levels):
+        inner = wrap(inner)
+    return inner
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda n: _nest(n - 1, [], lambda v: [v]),
+        lambda n: _nest(n, 1, Some),
+        lambda n: _nest(n - 1, (), Some),
+        lambda n: _nest(n - 1, (), lambda v: [v]),
+        lambda n: _nest(n - 1, Some(1), lambda v: (v,)),
+        lambda n: _nest(n - 1, Struct("A", {}), lambda v: Struct(None, {"a": v})),
+        lambda n: {_nest(n - 2, (1,), lambda v: (v,)): 1},
+    ],
+    ids=["lists", "somes", "unit_in_somes", "unit_in_lists", "some_in_tuples", "structs", "key"],
+)
+def test_values_nested_to_the_limit_are_written_and_deeper_ones_refused(build: Any) -> None:
+    # The emitter counts brackets as the parser does: what it writes, loads() reads.
+    deepest = build(MAX_DEPTH)
+    assert strict_equal(loads(dumps(deepest)), deepest)
+    with pytest.raises(ValueError, match="nesting deeper"):
+        dumps(build(MAX_DEPTH + 1))
+
+
+def test_a_some_that_holds_itself_is_a_value_error() -> None:
+    loop = Some(None)
+    loop.value = loop
+    with pytest.raises(ValueError, match="nesting deeper"):
+        dumps(loop)
 
 
 def test_subclasses_of_builtins_are_written_as_their_base() -> None:
@@ -340,3 +369,46 @@ def test_dumps_is_deterministic(value: Any) -> None:
     text = dumps(value)
     assert dumps(copy.deepcopy(value)) == text
     assert not text.endswith("\n")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values,
+    st.sampled_from(["\n// note\n", " /* a /* nested */ b */\n", "\x0c\u2028\n", "\r\n\t", "\n\n"]),
+)
+def test_comments_and_whitespace_at_line_breaks_do_not_change_the_value(
+    value: Any, gap: str
+) -> None:
+    # dumps escapes newlines inside strings, so every "\n" in its output is layout.
+    assert strict_equal(loads(dumps(value).replace("\n", gap)), value)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    yield prefix, value
+    while isinstance(value, Some):
+        value = value.value
+    if isinstance(value, Struct):
+        children: Iterable[tuple[Any, Any]] = value.fields.items()
+    elif isinstance(value, dict):
+        children = value.items()
+    elif isinstance(value, TupleStruct):
+        children = enumerate(value.items)
+    elif isinstance(value, list | tuple):
+        children = enumerate(value)
+    else:
+        return
+    for seg, child in children:
+        yield from _paths(child, (*prefix, seg))
+
+
+@settings(max_examples=100, deadline=None)
+@given(values)
+def test_locate_points_at_the_text_of_each_value(value: Any) -> None:
+    text = dumps(value)
+    found = dict(_paths(value))
+    places = locate(text, list(found))
+    line_starts = [0] + [i + 1 for i, char in enumerate(text) if char == "\n"]
+    for path, (line, col) in places.items():
+        offset = line_starts[line - 1] + col - 1
+        _, parsed = _value(text, offset, 0, None)
+        assert strict_equal(parsed, found[path]), path

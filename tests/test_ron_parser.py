@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import sys
 from typing import Any
 
 import pytest
@@ -103,6 +104,39 @@ def test_nesting_up_to_the_limit_parses() -> None:
 def test_nesting_past_the_limit_is_a_parse_error(opener: str) -> None:
     with pytest.raises(ParseError, match="nesting deeper than 128 levels"):
         loads(opener * 200)
+
+
+def _stack_depth() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1  # type: ignore[assignment]
+    return depth
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * MAX_DEPTH + "]" * MAX_DEPTH,
+        "A(a: " * MAX_DEPTH + "1" + ")" * MAX_DEPTH,
+        "A(" * MAX_DEPTH + ")" * MAX_DEPTH,
+        "Some(" * MAX_DEPTH + "1" + ")" * MAX_DEPTH,
+        "{1: " * MAX_DEPTH + "1" + "}" * MAX_DEPTH,
+        "{" + "(" * (MAX_DEPTH - 1) + "1" + ",)" * (MAX_DEPTH - 1) + ": 1}",
+        "A(a: " * 1000,
+    ],
+    ids=["lists", "structs", "tuple_structs", "somes", "maps", "map_keys", "too_deep"],
+)
+def test_deepest_documents_need_little_stack(text: str) -> None:
+    # A few frames per level of nesting: a caller that is itself deep in its stack still
+    # gets a value or a ParseError, never a RecursionError.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(_stack_depth() + 450)
+    try:
+        loads(text)
+    except ParseError as err:
+        assert "nesting deeper" in err.msg
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_too_deep_error_points_at_the_opening_bracket() -> None:

@@ -63,13 +63,16 @@ def dumps(value: Value) -> str:
 
 
 def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
-    """Append ``value`` laid out over lines; ``indent`` is that of its first line."""
-    text = _scalar(value)
+    """Append ``value`` laid out over lines; ``indent`` is that of its first line.
+
+    ``depth`` counts the brackets open around the value, as the parser does.
+    """
+    text = _flat(value, depth)
     if text is not None:
         out.append(text)
         return
     if depth >= MAX_DEPTH:
-        raise ValueError(f"nesting deeper than {MAX_DEPTH} levels cannot be written")
+        raise _too_deep()
     inner = indent + _INDENT
     depth += 1
     if isinstance(value, Struct):
@@ -87,21 +90,23 @@ def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
         if not value:
             out.append("[]")
             return
-        texts = [_scalar(item) for item in value]
-        if None not in texts:
-            line = "[" + ", ".join(texts) + "]"  # type: ignore[arg-type]
+        texts = _flat_items(value, depth)
+        if texts is not None:
+            line = "[" + ", ".join(texts) + "]"
             if len(line) <= _INLINE_LIST_WIDTH:
                 out.append(line)
                 return
         _write_items("[", value, "]", out, indent, depth)
     elif isinstance(value, tuple | TupleStruct):
-        head, items = (
-            ("(", value) if isinstance(value, tuple) else (_name(value.name) + "(", value.items)
-        )
-        texts = [_scalar(item) for item in items]
-        if None not in texts:
-            comma = "," if len(items) == 1 and head == "(" else ""
-            out.append(head + ", ".join(texts) + comma + ")")  # type: ignore[arg-type]
+        items: tuple[Value, ...]
+        if isinstance(value, tuple):
+            # "(1)" would read back as a 1-tuple too, but "(1,)" says what it is.
+            head, items, comma = "(", value, "," if len(value) == 1 else ""
+        else:
+            head, items, comma = _name(value.name) + "(", value.items, ""
+        texts = _flat_items(items, depth)
+        if texts is not None:
+            out.append(head + ", ".join(texts) + comma + ")")
         else:
             _write_items(head, items, ")", out, indent, depth)
     elif isinstance(value, dict):
@@ -120,6 +125,17 @@ def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
         out.append(")")
     else:
         raise _unsupported(value)
+
+
+def _flat_items(items: list[Value] | tuple[Value, ...], depth: int) -> list[str] | None:
+    """The texts of ``items`` if every one is flat (see :func:`_flat`), else None."""
+    texts = []
+    for item in items:
+        text = _flat(item, depth)
+        if text is None:
+            return None
+        texts.append(text)
+    return texts
 
 
 def _write_items(
@@ -141,11 +157,11 @@ def _write_items(
 
 def _inline(value: Value, depth: int) -> str:
     """``value`` on one line, as map keys are written."""
-    text = _scalar(value)
+    text = _flat(value, depth)
     if text is not None:
         return text
     if depth >= MAX_DEPTH:
-        raise ValueError(f"nesting deeper than {MAX_DEPTH} levels cannot be written")
+        raise _too_deep()
     depth += 1
     if isinstance(value, Struct):
         head = "" if value.name is None else _name(value.name)
@@ -170,11 +186,35 @@ def _inline(value: Value, depth: int) -> str:
     raise _unsupported(value)
 
 
-def _scalar(value: Value) -> str | None:
-    """The text of a value that is always written on one line, else None.
+def _flat(value: Value, depth: int) -> str | None:
+    """The text of a leaf, of unit ``()``, or of ``Some`` around one of them; else None.
 
-    That is every leaf, unit ``()``, and ``Some`` around a leaf.
+    These are what a tuple or a short list may hold and still be written on one line.
     """
+    text = _leaf(value)
+    if text is not None:
+        return text
+    somes = 0
+    while isinstance(value, Some):
+        value = value.value
+        somes += 1
+        if somes > MAX_DEPTH:  # also ends a Some that holds itself
+            raise _too_deep()
+    if isinstance(value, tuple) and not value:
+        text, levels = "()", somes + 1
+    elif somes:
+        text, levels = _leaf(value), somes
+    else:
+        return None
+    if text is None:
+        return None
+    if depth + levels > MAX_DEPTH:
+        raise _too_deep()
+    return "Some(" * somes + text + ")" * somes
+
+
+def _leaf(value: Value) -> str | None:
+    """The text of a value without brackets, else None."""
     kind = type(value)
     if kind is str:
         return _string(value)
@@ -188,15 +228,6 @@ def _scalar(value: Value) -> str | None:
         return "true" if value else "false"
     if kind is Ident:
         return _name(value.name)
-    if kind is tuple and not value:
-        return "()"
-    if kind is Some:
-        somes = 0
-        while type(value) is Some and somes < MAX_DEPTH:
-            value = value.value
-            somes += 1
-        inner = _scalar(value) if type(value) is not Some else None
-        return None if inner is None else "Some(" * somes + inner + ")" * somes
     if kind is bytes:
         return 'b"' + "".join(map(_BYTE_TEXT.__getitem__, value)) + '"'
     # Subclasses (str enums, IntEnum, ...) are written as their base type.
@@ -209,8 +240,12 @@ def _scalar(value: Value) -> str | None:
     if isinstance(value, str):
         return _string(str.__str__(value))
     if isinstance(value, bytes):
-        return _scalar(bytes(value))
+        return _leaf(bytes(value))
     return None
+
+
+def _too_deep() -> ValueError:
+    return ValueError(f"nesting deeper than {MAX_DEPTH} levels cannot be written")
 
 
 def _int(value: int) -> str:

@@ -27,8 +27,8 @@ __all__ = ["EXTENSIONS", "MAX_DEPTH", "loads", "locate"]
 MAX_DEPTH = 128
 """Deepest nesting of brackets that :func:`loads` accepts.
 
-The parser recurses once per level; the limit keeps it far from Python's recursion
-limit whatever the input, and no hand-written config comes close to it.
+The parser recurses a few frames per level; the limit keeps it far from Python's
+recursion limit whatever the input, and no hand-written config comes close to it.
 """
 
 EXTENSIONS = frozenset(
@@ -55,15 +55,16 @@ _IDENT = r"[^\W\d]\w*"
 _RAW_IDENT = r"[\w.+-]+"
 _ident = re.compile(_IDENT).match
 _raw_ident = re.compile(_RAW_IDENT).match
-# `name:` with plain whitespace around it, the common way a struct field starts.
-# The separate character classes keep backtracking linear when it does not match.
-_FIELD = rf"[ \t\n\r]*(?:({_IDENT})|r#({_RAW_IDENT}))[ \t\n\r]*:[ \t\n\r]*"
+# `name:` with whitespace around it, the common way a struct field starts. Whitespace
+# and name characters are disjoint, which keeps backtracking linear when it fails.
+_FIELD = rf"{_WS}*(?:({_IDENT})|r#({_RAW_IDENT})){_WS}*:{_WS}*"
 _field = re.compile(_FIELD).match
 # The same after the comma that ends the previous field: one match per field.
-_next_field = re.compile(rf"[ \t\n\r]*,{_FIELD}").match
-_colon = re.compile(r"[ \t\n\r]*:[ \t\n\r]*").match
-_comma = re.compile(r"[ \t\n\r]*,[ \t\n\r]*").match
-_close_paren = re.compile(r"[ \t\n\r]*(?:,[ \t\n\r]*)?\)").match
+_next_field = re.compile(rf"{_WS}*,{_FIELD}").match
+# Punctuation with the whitespace around it, for when no comment stands there.
+_colon = re.compile(rf"{_WS}*:{_WS}*").match
+_comma = re.compile(rf"{_WS}*,{_WS}*").match
+_close_paren = re.compile(rf"{_WS}*(?:,{_WS}*)?\)").match
 
 _D = r"[0-9]+(?:_[0-9]+)*"
 # Decimal ints and floats without suffix; group 1 takes part only for floats.
@@ -88,6 +89,10 @@ _word = re.compile(r"[+-]?[\w.]+(?:[eE][+-][\w.]*)?").match
 
 _NUMBER_START = frozenset("0123456789+-.")
 _CLOSERS = frozenset(")]}")
+# First characters of values that cannot be field names.
+_VALUE_STARTS = frozenset("0123456789+-.\"'([{")
+# First characters of whitespace or a comment.
+_SPACE_STARTS = frozenset(" \t\n\r\x0b\x0c\x85\u200e\u200f\u2028\u2029/")
 _CONSTANTS: dict[str, Value] = {
     "true": True,
     "false": False,
@@ -358,7 +363,9 @@ def _value(src: str, pos: int, depth: int, spans: _Spans | None) -> tuple[int, V
     if char == "(":
         return _paren(src, pos, depth, spans)
     if char == "[":
-        return _list(src, pos, depth, spans)
+        if depth >= MAX_DEPTH:
+            raise _too_deep(pos)
+        return _items(src, pos, _skip_ws(src, pos + 1).end(), "]", "list", depth + 1, spans)
     if char == "{":
         return _map(src, pos, depth, spans)
     m = _ident(src, pos)
@@ -366,7 +373,9 @@ def _value(src: str, pos: int, depth: int, spans: _Spans | None) -> tuple[int, V
         word = m[0]
         if word in _CONSTANTS:
             return m.end(), _CONSTANTS[word]
-        return _word_value(src, pos, word, m.end(), depth, spans)
+        if word == "Some" or word in _STRING_PREFIXES:
+            return _word_value(src, pos, word, m.end(), depth, spans)
+        return _named(src, word, m.end(), depth, spans)
     if char == "'":
         return _char(src, pos)
     if char == "/":
@@ -379,7 +388,7 @@ def _value(src: str, pos: int, depth: int, spans: _Spans | None) -> tuple[int, V
 def _word_value(
     src: str, start: int, word: str, pos: int, depth: int, spans: _Spans | None
 ) -> tuple[int, Value]:
-    """A value that starts with an identifier other than a constant."""
+    """A value that starts with ``Some`` or a string prefix (``r``, ``b``, ``br``)."""
     if word == "Some":
         return _some(src, pos, depth, spans)
     if word in _STRING_PREFIXES:
@@ -399,6 +408,8 @@ def _word_value(
 def _named(src: str, name: str, pos: int, depth: int, spans: _Spans | None) -> tuple[int, Value]:
     """After an identifier: a struct or tuple struct if ``(`` follows, else a unit."""
     if not src.startswith("(", pos):
+        if src[pos : pos + 1] not in _SPACE_STARTS:
+            return pos, Ident(name)
         after = _skip(src, pos)
         if not src.startswith("(", after):
             return pos, Ident(name)
@@ -414,7 +425,7 @@ def _named(src: str, name: str, pos: int, depth: int, spans: _Spans | None) -> t
         if spans is not None:
             spans[id(struct)] = {}
         return inner + 1, struct
-    if _field_start(src, inner) is not None:
+    if src[inner : inner + 1] not in _VALUE_STARTS and _field_start(src, inner) is not None:
         return _struct(src, pos, name, None, depth + 1, spans)
     pos, items = _items(src, pos, inner, ")", f"tuple struct {name!r}", depth + 1, spans)
     value = TupleStruct(name, tuple(items))
@@ -437,19 +448,13 @@ def _paren(src: str, pos: int, depth: int, spans: _Spans | None) -> tuple[int, V
     inner = _skip(src, pos + 1)
     if src.startswith(")", inner):
         return inner + 1, ()
-    if _field_start(src, inner) is not None:
+    if src[inner : inner + 1] not in _VALUE_STARTS and _field_start(src, inner) is not None:
         return _struct(src, pos, None, None, depth + 1, spans)
     pos, items = _items(src, pos, inner, ")", "tuple", depth + 1, spans)
     value = tuple(items)
     if spans is not None:
         spans[id(value)] = spans.pop(id(items))
     return pos, value
-
-
-def _list(src: str, pos: int, depth: int, spans: _Spans | None) -> tuple[int, Value]:
-    if depth >= MAX_DEPTH:
-        raise _too_deep(pos)
-    return _items(src, pos, _skip_ws(src, pos + 1).end(), "]", "list", depth + 1, spans)
 
 
 def _items(

@@ -153,13 +153,15 @@ class Field:
 class StructType(SchemaType):
     """A dataclass. Fields are resolved lazily so that recursive classes work."""
 
-    __slots__ = ("_field_map", "_fields", "cls", "name")
+    __slots__ = ("_field_map", "_fields", "cls", "name", "version")
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
         self.name: str = cls.__name__
         self._fields: tuple[Field, ...] | None = None
         self._field_map: dict[str, Field] | None = None
+        #: The current version of a ``Versioned`` class; None for other classes.
+        self.version: int | None = _version_of(cls)
 
     @property
     def fields(self) -> tuple[Field, ...]:
@@ -177,6 +179,20 @@ class StructType(SchemaType):
 
     def __repr__(self) -> str:
         return f"StructType({self.name})"
+
+
+def _version_of(cls: type) -> int | None:
+    if not getattr(cls, "__hyperstate_versioned__", False):
+        return None
+    version = cls.version()  # type: ignore[attr-defined]
+    if type(version) is not int or version < 0:
+        raise TypeError(f"{cls.__qualname__}.version() must return an int >= 0, got {version!r}")
+    if any(f.name == "version" for f in dataclasses.fields(cls)):
+        raise TypeError(
+            f"{cls.__qualname__} is Versioned and so cannot have a field named 'version' "
+            "(the version is written in its place)"
+        )
+    return version
 
 
 _STRUCT_CACHE: dict[type, StructType] = {}
