@@ -26,6 +26,7 @@ from hyperstate.errors import ConfigError, Issue, PathSegment
 from hyperstate.overrides import apply_overrides_collect
 from hyperstate.ron import Struct
 from hyperstate.schema.types import struct_schema
+from hyperstate.schema.upgrade import upgrade
 from hyperstate.serde import from_value, to_value
 
 __all__ = ["dump", "dumps", "load", "loads"]
@@ -110,6 +111,10 @@ def _build(
     ignore_extra_fields: bool,
 ) -> T:
     node = struct_schema(cls)
+    try:
+        tree = upgrade(node, tree)
+    except ConfigError as e:
+        raise ConfigError(_place(list(e.issues), text, file, {}), context=e.context) from None
     applied: dict[tuple[PathSegment, ...], str] = {}
     bad_overrides: list[Issue] = []
     if overrides:

@@ -422,6 +422,15 @@ def _struct_decoder(node: StructType) -> Decoder:
         for name, raw in items.items():
             dec = decoders.get(name)
             if dec is None:
+                if name == "version" and node.version is not None:
+                    if raw != node.version:
+                        cx.fail(
+                            (*path, name),
+                            f"{node.name} is at version {node.version}, found version {raw!r}",
+                            "load it with hyperstate.load/loads, which upgrades old versions",
+                        )
+                        ok = False
+                    continue
                 if cx.ignore_extra_fields:
                     continue
                 cx.fail(
@@ -647,6 +656,8 @@ def _struct_encoder(node: StructType) -> Encoder:
                 raise _mismatch(node, obj, path)
             target = struct_schema(t)  # a subclass: write what is really there
         fields: dict[str, Any] = {}
+        if target.version is not None:
+            fields["version"] = target.version  # first, so it heads the file
         for f in target.fields:
             value = getattr(obj, f.name)
             if elide and f.has_default and _equals_default(value, f.make_default()):

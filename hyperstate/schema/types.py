@@ -35,6 +35,7 @@ __all__ = [
     "UnionType",
     "VarTupleType",
     "format_type",
+    "load_schema",
     "schema_of",
     "struct_schema",
 ]
@@ -376,6 +377,13 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__qualname__
     return repr(annotation).replace("typing.", "")
+
+
+def load_schema(path: Any) -> Any:
+    """Read a schema file written by ``dump-schema`` (see :mod:`hyperstate.schema.model`)."""
+    from hyperstate.schema.model import load_schema as _load_schema
+
+    return _load_schema(path)
 
 
 def format_type(node: SchemaType) -> str:

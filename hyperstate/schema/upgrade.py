@@ -1,0 +1,156 @@
+"""Upgrade a parsed value tree to the current versions of its ``Versioned`` classes.
+
+Runs after parsing and before overrides and the typed conversion. Every ``Versioned``
+struct in the tree reads (and removes) its ``version`` field, then applies its class's
+rules from that version up to the current one; nested ``Versioned`` structs upgrade
+their own fields the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hyperstate.errors import ConfigError, Issue, PathSegment
+from hyperstate.ron import Ident, Some, Struct
+from hyperstate.schema.types import (
+    DictType,
+    ListType,
+    OptionType,
+    SchemaType,
+    StructType,
+    TupleType,
+    UnionType,
+    VarTupleType,
+)
+from hyperstate.serde import describe
+
+__all__ = ["needs_upgrade_pass", "upgrade"]
+
+Path = tuple[PathSegment, ...]
+
+
+def upgrade(node: SchemaType, value: Any, path: Path = ()) -> Any:
+    """``value`` with every ``Versioned`` struct below ``node`` brought up to date.
+
+    Raises:
+        ConfigError: a version is newer than the code, older than the class's
+            ``minimum_version()``, not an integer, or a rule rejected a value.
+    """
+    if not needs_upgrade_pass(node):
+        return value
+    return _upgrade(node, value, path)
+
+
+def _upgrade(node: SchemaType, value: Any, path: Path) -> Any:
+    if isinstance(node, StructType):
+        return _upgrade_struct(node, value, path)
+    if isinstance(node, OptionType):
+        if type(value) is Some:
+            return Some(_upgrade(node.inner, value.value, path))
+        return None if value is None else _upgrade(node.inner, value, path)
+    if isinstance(node, ListType | VarTupleType) and type(value) in (list, tuple):
+        items = [_upgrade(node.item, x, (*path, i)) for i, x in enumerate(value)]
+        return items if type(value) is list else tuple(items)
+    if isinstance(node, TupleType) and type(value) in (list, tuple):
+        items = [
+            _upgrade(n, x, (*path, i)) if i < len(node.items) else x
+            for i, (n, x) in enumerate(zip(node.items, value, strict=False))
+        ]
+        return items if type(value) is list else tuple(items)
+    if isinstance(node, DictType) and type(value) is dict:
+        return {k: _upgrade(node.value, x, (*path, k)) for k, x in value.items()}
+    if isinstance(node, UnionType) and type(value) in (Struct, Ident):
+        for option in node.options:
+            if isinstance(option, StructType) and option.name == value.name:
+                return _upgrade(option, value, path)
+    return value
+
+
+def _upgrade_struct(node: StructType, value: Any, path: Path) -> Any:
+    fields = value.fields if type(value) is Struct else value if type(value) is dict else None
+    if fields is None:
+        return value
+    if node.version is not None:
+        found = fields.pop("version", 0)
+        if type(found) is not int:
+            raise ConfigError([Issue((*path, "version"), f"expected int, found {describe(found)}")])
+        value = _apply_rules(node, value, found, path)
+        fields = value.fields if type(value) is Struct else value
+    for f in node.fields:
+        if f.name in fields and needs_upgrade_pass(f.type):
+            fields[f.name] = _upgrade(f.type, fields[f.name], (*path, f.name))
+    return value
+
+
+def _apply_rules(node: StructType, value: Any, found: int, path: Path) -> Any:
+    cls: Any = node.cls
+    current = node.version
+    assert current is not None
+    if found > current:
+        raise ConfigError(
+            [
+                Issue(
+                    (*path, "version"),
+                    f"{node.name} version {found} was written by newer code; this code "
+                    f"knows versions up to {current}, and never downgrades",
+                )
+            ]
+        )
+    minimum = cls.minimum_version()
+    if found < minimum:
+        raise ConfigError(
+            [
+                Issue(
+                    (*path, "version"),
+                    f"{node.name} version {found} is older than the oldest version this "
+                    f"code can upgrade ({minimum})",
+                )
+            ]
+        )
+    rules = cls.upgrade_rules()
+    bad_keys = [v for v in rules if not 0 <= v < current]
+    if bad_keys:
+        raise TypeError(
+            f"{node.name}.upgrade_rules() has keys {bad_keys}; keys are the versions that "
+            f"rules upgrade from, 0 <= key < version() = {current}"
+        )
+    for version in range(found, current):
+        for rule in rules.get(version, ()):
+            try:
+                value = rule.apply(value)
+            except ConfigError as e:
+                raise ConfigError(
+                    [Issue((*path, *i.path), i.message, hint=i.hint) for i in e.issues],
+                    context=f"upgrading {node.name} from version {version}",
+                ) from None
+    return value
+
+
+_NEEDS: dict[SchemaType, bool] = {}
+
+
+def needs_upgrade_pass(node: SchemaType) -> bool:
+    """Whether any ``Versioned`` struct can appear below ``node`` (cached)."""
+    cached = _NEEDS.get(node)
+    if cached is not None:
+        return cached
+    _NEEDS[node] = False  # recursion guard for recursive classes
+    result = _compute_needs(node)
+    _NEEDS[node] = result
+    return result
+
+
+def _compute_needs(node: SchemaType) -> bool:
+    if isinstance(node, StructType):
+        return node.version is not None or any(needs_upgrade_pass(f.type) for f in node.fields)
+    if isinstance(node, OptionType):
+        return needs_upgrade_pass(node.inner)
+    if isinstance(node, ListType | VarTupleType):
+        return needs_upgrade_pass(node.item)
+    if isinstance(node, TupleType):
+        return any(needs_upgrade_pass(i) for i in node.items)
+    if isinstance(node, DictType):
+        return needs_upgrade_pass(node.value)
+    if isinstance(node, UnionType):
+        return any(needs_upgrade_pass(o) for o in node.options)
+    return False
