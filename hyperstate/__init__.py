@@ -13,6 +13,8 @@ Config(lr=0.1, batch_size=32)
 from hyperstate.args import from_args
 from hyperstate.configs import dump, dumps, load, loads
 from hyperstate.errors import ConfigError, HyperstateError, Issue, ParseError
+from hyperstate.schema.cli import schema_evolution_cli
+from hyperstate.schema.versioned import Versioned
 
 __version__ = "0.1.0"
 
@@ -21,10 +23,12 @@ __all__ = [
     "HyperstateError",
     "Issue",
     "ParseError",
+    "Versioned",
     "__version__",
     "dump",
     "dumps",
     "from_args",
     "load",
     "loads",
+    "schema_evolution_cli",
 ]

@@ -290,7 +290,7 @@ def render_type(typedef: TypeDef) -> str:
 
 def dump_schema(cls: type, path: str | os.PathLike[str] | None = None) -> str:
     """The schema file text of ``cls``; also written (atomically) to ``path`` if given."""
-    text = ron.dumps(to_value(schema_of_class(cls)))
+    text = ron.dumps(to_value(schema_of_class(cls), elide_defaults=True))
     if path is not None:
         _fs.write_atomic(path, (text + "\n").encode("utf-8"))
     return text

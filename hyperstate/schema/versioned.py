@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hyperstate.schema.rewrite_rule import RewriteRule
@@ -43,7 +43,9 @@ class Versioned:
     )
     """
 
-    __hyperstate_versioned__: ClassVar[bool] = True
+    # Not annotated: the introspection resolves a subclass's annotations, this base's
+    # included, in the subclass's module, which need not import ClassVar.
+    __hyperstate_versioned__ = True
 
     @classmethod
     def version(cls) -> int:
