@@ -8,7 +8,6 @@ every item of a list or every value of a map, e.g. ``("layers", "*", "width")``.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -155,10 +154,6 @@ class MapFieldValue(RewriteRule):
         if isinstance(inner, m.EnumDef):
             for variant in inner.variants:
                 variant.name = str(self.map_fn(variant.name))
-        if definition.has_default and definition.default is not None:
-            # map_fn need not handle every value the default could be.
-            with contextlib.suppress(Exception):
-                definition.default = plain(_to_tree(self.map_fn(definition.default)))
 
     def render(self) -> str:
         fn = self.rendered or "lambda v: ..."

@@ -27,9 +27,11 @@ Proposed mitigations
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from hyperstate.schema import model as m
 from hyperstate.schema import types as t
@@ -45,6 +47,7 @@ from hyperstate.schema.rewrite_rule import (
 )
 from hyperstate.schema.schema_change import SchemaChange, Severity
 from hyperstate.schema.types import StructType, struct_schema
+from hyperstate.serde import plain
 
 __all__ = ["SchemaChecker"]
 
@@ -223,6 +226,7 @@ class SchemaChecker:
             for rule in rules.get(version, ()):
                 try:
                     rule.apply_to_schema(upgraded, root=old_def.name)
+                    _upgrade_defaults(old_def, rule)
                 except (RuleMismatch, ValueError) as e:
                     self.changes.append(
                         SchemaChange(
@@ -242,6 +246,35 @@ class SchemaChecker:
         old = owner.old_version or 0
         new = owner.new_version or 0
         return old + 1 if new <= old else None
+
+
+def _holds_structs(typedef: m.TypeDef) -> bool:
+    if isinstance(typedef, m.StructRef):
+        return True
+    if isinstance(typedef, m.OptionOf):
+        return _holds_structs(typedef.inner)
+    if isinstance(typedef, m.ListOf | m.VarTupleOf):
+        return _holds_structs(typedef.item)
+    if isinstance(typedef, m.DictOf):
+        return _holds_structs(typedef.value)
+    if isinstance(typedef, m.TupleOf):
+        return any(_holds_structs(i) for i in typedef.items)
+    if isinstance(typedef, m.UnionOf):
+        return any(_holds_structs(o) for o in typedef.options)
+    return False
+
+
+def _upgrade_defaults(struct: m.StructDef, rule: RewriteRule) -> None:
+    """Apply ``rule`` to the defaults of ``struct``'s fields, as it would to a file.
+
+    A default that holds structs (``layers = [Layer(width=64)]``) must see the same
+    renames as files do, or every such rename would also show as a changed default.
+    """
+    tree = {f.name: f.default for f in struct.fields if f.has_default}
+    rule.apply(tree)
+    for f in struct.fields:
+        if f.has_default and f.name in tree:
+            f.default = plain(tree[f.name])
 
 
 def _structs_in(node: object) -> list[StructType]:
@@ -269,9 +302,13 @@ class _Diff:
         self.changes: list[SchemaChange] = []
         self.versions: dict[str, tuple[int | None, int | None]] = {}
         self._seen: set[tuple[str, str, tuple[str, ...]]] = set()
+        self._deferred: list[tuple[m.FieldDef, m.FieldDef, tuple[str, ...], tuple[str, ...], str]]
+        self._deferred = []
         root_new = new.root_struct
         self.versions[root_new.name] = (old.root_struct.version, root_new.version)
         self._struct(old.root_struct, root_new, (), (), root_new.name)
+        for deferred in self._deferred:
+            self._default(*deferred)
 
     def _emit(
         self,
@@ -365,14 +402,11 @@ class _Diff:
     ) -> None:
         where = _display(path)
         if old.has_default and new.has_default and old.default != new.default:
-            self._emit(
-                Severity.WARN,
-                "default_changed",
-                f"default changed for {where}: {old.default!r} -> {new.default!r}",
-                path,
-                owner,
-                [ChangeDefault(field=rel, old_default=old.default, new_default=new.default)],
-            )
+            if STAR not in rel and _holds_structs(old.type):
+                # Compared once the renames inside the structs are known (see _default).
+                self._deferred.append((old, new, path, rel, owner))
+            else:
+                self._default(old, new, path, rel, owner)
         elif old.has_default and not new.has_default:
             self._emit(
                 Severity.WARN,
@@ -383,6 +417,41 @@ class _Diff:
                 [AddDefault(field=rel, default=old.default)],
             )
         self._type(old.type, new.type, path, rel, owner)
+
+    def _default(
+        self,
+        old: m.FieldDef,
+        new: m.FieldDef,
+        path: tuple[str, ...],
+        rel: tuple[str, ...],
+        owner: str,
+    ) -> None:
+        old_default = old.default
+        if _holds_structs(old.type):
+            # Put the old default through the renames and deletions proposed for the
+            # structs it holds: `[Layer(width=64)]` -> `[Layer(size=64)]` is no change.
+            tree: dict[str, Any] = {}
+            cursor = tree
+            for seg in rel[:-1]:
+                cursor = cursor.setdefault(seg, {})
+            cursor[rel[-1]] = copy.deepcopy(old.default)
+            for change in self.changes:
+                for rule in change.proposed_rules:
+                    if change.owner == owner and isinstance(rule, RenameField | DeleteField):
+                        rule.apply(tree)
+            for seg in rel:
+                tree = tree.get(seg, {}) if isinstance(tree, dict) else {}
+            old_default = plain(tree)
+        if old_default == new.default:
+            return
+        self._emit(
+            Severity.WARN,
+            "default_changed",
+            f"default changed for {_display(path)}: {old_default!r} -> {new.default!r}",
+            path,
+            owner,
+            [ChangeDefault(field=rel, old_default=old_default, new_default=new.default)],
+        )
 
     def _type(
         self,
