@@ -132,7 +132,7 @@ def test_upgrade_config_rewrites_old_files_and_never_loses_one(project: Path) ->
     old = project / "old.ron"
     old.write_text("// written by version 0\nConfig(\n    lr: 0.5,\n)\n")
     bad = project / "bad.ron"
-    bad_text = "Config(\n    lr: \"fast\",\n)\n"
+    bad_text = 'Config(\n    lr: "fast",\n)\n'
     bad.write_text(bad_text)
     checkpoint = project / "ckpt"
     checkpoint.mkdir()
