@@ -2,7 +2,9 @@
 
 A page's ```python blocks run in order in one namespace, in a fresh temporary directory.
 A plain ``` block right after a python block (with at most one short line of prose in
-between, such as "prints") is the output that block must print.
+between, such as "prints") is the output that block must print. A block fenced as
+```python file=NAME is a file of the reader's project: it is written to NAME (and is
+importable by later blocks) instead of being run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import doctest
 import io
 import linecache
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -24,22 +27,24 @@ import hyperstate.configs
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
-FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```\n", re.M | re.S)
+FENCE = re.compile(r"^ *```([^\n]*)\n(.*?)^ *```\n", re.M | re.S)
 
 
-def _blocks(text: str) -> list[tuple[str, str | None]]:
-    """(code, expected output or None) for each python block of a page."""
+def _blocks(text: str) -> list[tuple[str, str | None, str | None]]:
+    """(code, expected output or None, file name or None) for each python block."""
     matches = list(FENCE.finditer(text))
-    result: list[tuple[str, str | None]] = []
+    result: list[tuple[str, str | None, str | None]] = []
     for i, m in enumerate(matches):
-        if m.group(1) != "python":
+        info = m.group(1).split()
+        if not info or info[0] != "python":
             continue
+        filename = next((w[5:] for w in info[1:] if w.startswith("file=")), None)
         expected = None
         if i + 1 < len(matches) and matches[i + 1].group(1) == "":
             between = text[m.end() : matches[i + 1].start()].strip()
             if "\n" not in between and len(between) <= 20:
                 expected = matches[i + 1].group(2)
-        result.append((m.group(2), expected))
+        result.append((m.group(2), expected, filename))
     return result
 
 
@@ -54,17 +59,50 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     # --help) finds the classes the examples define.
     filename = f"<{page.name}>"
     module.__file__ = filename
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [n for n in sys.modules if n in ("config", "test_config")]:
+        monkeypatch.delitem(sys.modules, name)  # the page's own config.py, not another's
     source = ""
-    for number, (code, expected) in enumerate(blocks, 1):
+    for number, (code, expected, file) in enumerate(blocks, 1):
+        if file is not None:
+            (tmp_path / file).write_text(code)
+            continue
         offset = source.count("\n")
         source += code
         lines = source.splitlines(keepends=True)
         monkeypatch.setitem(linecache.cache, filename, (len(source), None, lines, filename))
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile("\n" * offset + code, filename, "exec"), namespace)
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile("\n" * offset + code, filename, "exec"), namespace)
+        finally:
+            for name in ("config", "test_config"):
+                sys.modules.pop(name, None)
         if expected is not None:
             assert out.getvalue() == expected, f"{page.name} block {number} printed otherwise"
+
+
+def test_readme_schema_test_passes_in_a_user_project(tmp_path: Path) -> None:
+    files = {f: code for code, _, f in _blocks((ROOT / "README.md").read_text()) if f}
+    assert set(files) == {"config.py", "test_config.py"}
+    for name, code in files.items():
+        (tmp_path / name).write_text(code)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+
+    assert run("config.py", "dump-schema").returncode == 0
+    tested = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "test_config.py")
+    assert tested.returncode == 0, tested.stdout
+    assert "1 passed" in tested.stdout
+    # And it fails once the class changes incompatibly, printing the report.
+    config = files["config.py"].replace("batch_size: int", "batch_size: int\n    seed: int")
+    (tmp_path / "config.py").write_text(config)
+    tested = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "test_config.py")
+    assert tested.returncode == 1
+    assert "ERROR required field added without default: seed" in tested.stdout
 
 
 def test_pages_have_examples() -> None:
