@@ -15,14 +15,18 @@ from hyperstate.configs import dump, dumps, load, loads
 from hyperstate.errors import ConfigError, HyperstateError, Issue, ParseError
 from hyperstate.schema.cli import schema_evolution_cli
 from hyperstate.schema.versioned import Versioned
+from hyperstate.state import Blob, Lazy, Serializable
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Blob",
     "ConfigError",
     "HyperstateError",
     "Issue",
+    "Lazy",
     "ParseError",
+    "Serializable",
     "Versioned",
     "__version__",
     "dump",

@@ -28,6 +28,7 @@ from hyperstate.ron import Struct
 from hyperstate.schema.types import struct_schema
 from hyperstate.schema.upgrade import upgrade
 from hyperstate.serde import from_value, to_value
+from hyperstate.state import reading_blobs, writing_blobs
 
 __all__ = ["dump", "dumps", "load", "loads"]
 
@@ -50,10 +51,20 @@ def dump(obj: Any, path: PathLike | None = None, *, elide_defaults: bool = False
 
     Without ``path`` only the text is returned. Writing is atomic: a crash leaves either
     the old file or the complete new one, never half a file.
+
+    A state holding tensors or arrays also writes them to a safetensors blob file beside
+    the text (``blobs/rank-00000.safetensors`` for ``state.ron``), before the text, and
+    the text refers to them with their checksums.
     """
-    text = dumps(obj, elide_defaults=elide_defaults)
-    if path is not None:
-        _fs.write_atomic(path, (text + "\n").encode("utf-8"))
+    if path is None:
+        return dumps(obj, elide_defaults=elide_defaults)
+    name = os.fspath(path)
+    directory, filename = _split(name)
+    with writing_blobs(directory, _blob_file(filename)) as flush:
+        tree = to_value(obj, elide_defaults=elide_defaults)
+        flush()
+    text = ron.dumps(tree)
+    _fs.write_atomic(name, (text + "\n").encode("utf-8"))
     return text
 
 
@@ -89,17 +100,52 @@ def load(
     overrides: Sequence[str] | None = None,
     *,
     ignore_extra_fields: bool = False,
+    ctx: dict[str, Any] | None = None,
+    initial_state: Any = None,
+    map_location: Any = None,
+    verify: bool = True,
 ) -> T:
-    """Load a config of class ``cls`` from ``path`` (a local path or fsspec URL).
+    """Load a config or state of class ``cls`` from ``path`` (a local path or fsspec URL).
 
     Without ``path`` the config is built from the class's defaults and ``overrides``.
     Errors are as for :func:`loads`.
+
+    For states (see docs/state.md):
+
+    Args:
+        ctx: passed to ``Serializable.deserialize`` (e.g. ``{"config": config}``).
+        initial_state: a function of ``ctx["config"]`` returning a fresh state, or such a
+            state object; stateful fields (modules, optimizers, ...) load into its objects.
+        map_location: the device to load tensors to (default: where they were saved,
+            or the CPU when that device is missing).
+        verify: check each blob entry's checksum as it is read.
     """
     if path is None:
         return _build(cls, Struct(None, {}), None, "<defaults>", overrides, ignore_extra_fields)
     name = os.fspath(path)
     text = _fs.read_text(name)
-    return _build(cls, ron.loads(text, path=name), text, name, overrides, ignore_extra_fields)
+    tree = ron.loads(text, path=name)
+    context = dict(ctx or {})
+    initial = initial_state(context.get("config")) if callable(initial_state) else initial_state
+    with reading_blobs(
+        _split(name)[0], ctx=context, initial=initial, map_location=map_location, verify=verify
+    ):
+        return _build(cls, tree, text, name, overrides, ignore_extra_fields)
+
+
+def _split(path: str) -> tuple[str, str]:
+    """(directory, file name) of a local path or URL."""
+    if "://" in path:
+        directory, _, filename = path.rpartition("/")
+        return directory, filename
+    absolute = os.path.abspath(path)
+    return os.path.dirname(absolute), os.path.basename(absolute)
+
+
+def _blob_file(filename: str) -> str:
+    stem = filename.rsplit(".", 1)[0]
+    prefix = "" if stem == "state" else f"{stem}-"
+    return f"blobs/{prefix}rank-00000.safetensors"
 
 
 def _build(
@@ -111,10 +157,12 @@ def _build(
     ignore_extra_fields: bool,
 ) -> T:
     node = struct_schema(cls)
-    try:
-        tree = upgrade(node, tree)
-    except ConfigError as e:
-        raise ConfigError(_place(list(e.issues), text, file, {}), context=e.context) from None
+    # Only a file can be at an old version: a config built from the defaults is current.
+    if text is not None:
+        try:
+            tree = upgrade(node, tree)
+        except ConfigError as e:
+            raise ConfigError(_place(list(e.issues), text, file, {}), context=e.context) from None
     applied: dict[tuple[PathSegment, ...], str] = {}
     bad_overrides: list[Issue] = []
     if overrides:

@@ -40,6 +40,7 @@ from hyperstate.schema.types import (
 
 __all__ = [
     "DecodeResult",
+    "Hooks",
     "closest",
     "describe",
     "did_you_mean",
@@ -75,6 +76,23 @@ class _Ctx:
 
 Decoder = Callable[[Any, Path, _Ctx], Any]
 Encoder = Callable[[Any, Path, bool], Any]
+
+
+class Hooks:
+    """Where the state layer plugs in (see :mod:`hyperstate.state`); unset for configs.
+
+    Attributes:
+        encode_any: encodes a value in an ``Any`` field that plain values do not cover
+            (tensors, arrays); returns ``NotImplemented`` to decline.
+        decode_any: turns the value tree of an ``Any`` field into Python values.
+        defer: for a ``Lazy`` dataclass field, ``(schema) -> bool``: load it on access.
+        pending: wraps a zero-argument loader into a placeholder for a deferred field.
+    """
+
+    encode_any: Callable[[Any, Path], Any] | None = None
+    decode_any: Callable[[Any, Path], Any] | None = None
+    defer: Callable[[SchemaType], bool] | None = None
+    pending: Callable[[Callable[[], Any]], Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +210,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
             if type(v) is not list and type(v) is not tuple:
                 return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
             out = [item(x, (*path, i), cx) for i, x in enumerate(v)]
-            return _INVALID if _INVALID in out else out
+            return _INVALID if any(x is _INVALID for x in out) else out
 
         return dec_list
     if isinstance(node, VarTupleType):
@@ -202,7 +220,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
             if type(v) is not tuple and type(v) is not list:
                 return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
             out = tuple(item(x, (*path, i), cx) for i, x in enumerate(v))
-            return _INVALID if _INVALID in out else out
+            return _INVALID if any(x is _INVALID for x in out) else out
 
         return dec_vartuple
     if isinstance(node, TupleType):
@@ -218,7 +236,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
                     f"found {len(v)} items",
                 )
             out = tuple(d(x, (*path, i), cx) for i, (d, x) in enumerate(zip(items, v, strict=True)))
-            return _INVALID if _INVALID in out else out
+            return _INVALID if any(x is _INVALID for x in out) else out
 
         return dec_tuple
     if isinstance(node, DictType):
@@ -250,7 +268,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
     if isinstance(node, UnionType):
         return _union_decoder(node)
     if isinstance(node, AnyType):
-        return lambda v, path, cx: plain(v)
+        return lambda v, path, cx: (Hooks.decode_any or _plain_any)(v, path)
     custom = getattr(node, "decoder", None)
     if custom is not None:
         result: Decoder = custom()
@@ -403,6 +421,10 @@ def _struct_decoder(node: StructType) -> Decoder:
     def prepare() -> None:
         state["decoders"] = {f.name: _decoder(f.type) for f in node.fields}
         state["required"] = [f for f in node.fields if not f.has_default]
+        lazy = getattr(node.cls, "__hyperstate_lazy__", False) and Hooks.defer is not None
+        state["deferred"] = {
+            f.name for f in node.fields if lazy and Hooks.defer is not None and Hooks.defer(f.type)
+        }
 
     def dec_struct(v: Any, path: Path, cx: _Ctx) -> Any:
         if not state:
@@ -417,9 +439,13 @@ def _struct_decoder(node: StructType) -> Decoder:
         else:
             return cx.fail(path, f"expected struct {node.name}(...), found {describe(v)}")
         decoders: dict[str, Decoder] = state["decoders"]
+        deferred: set[str] = state["deferred"]
         kwargs: dict[str, Any] = {}
         ok = True
         for name, raw in items.items():
+            if name in deferred:
+                kwargs[name] = _deferred(decoders[name], raw, (*path, name), cx)
+                continue
             dec = decoders.get(name)
             if dec is None:
                 if name == "version" and node.version is not None:
@@ -470,6 +496,25 @@ def _struct_decoder(node: StructType) -> Decoder:
             return cx.fail(path, f"{node.name}(...) rejected the values: {type(e).__name__}: {e}")
 
     return dec_struct
+
+
+def _plain_any(v: Any, path: Path) -> Any:
+    return plain(v)
+
+
+def _deferred(dec: Decoder, raw: Any, path: Path, cx: _Ctx) -> Any:
+    """A placeholder that decodes ``raw`` when a Lazy dataclass's field is first read."""
+    ignore = cx.ignore_extra_fields
+
+    def load() -> Any:
+        inner = _Ctx(ignore)
+        value = dec(raw, path, inner)
+        if inner.issues:
+            raise ConfigError(inner.issues)
+        return value
+
+    assert Hooks.pending is not None
+    return Hooks.pending(load)
 
 
 def plain(v: Any) -> Any:
@@ -700,4 +745,8 @@ def _encode_any(obj: Any, path: Path, elide: bool) -> Any:
         return [_encode_any(x, (*path, i), elide) for i, x in enumerate(obj)]
     if isinstance(obj, int | float | str):
         return obj
+    if Hooks.encode_any is not None:
+        encoded = Hooks.encode_any(obj, path)
+        if encoded is not NotImplemented:
+            return encoded
     raise ConfigError([Issue(path, f"cannot write a value of type {t.__name__}: {obj!r}")])

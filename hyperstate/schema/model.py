@@ -22,6 +22,7 @@ from hyperstate.serde import from_value, plain, to_value
 
 __all__ = [
     "AnyValue",
+    "Converted",
     "DictOf",
     "EnumDef",
     "FieldDef",
@@ -53,6 +54,15 @@ class Primitive:
 @dataclass
 class AnyValue:
     """``typing.Any``."""
+
+
+@dataclass
+class Converted(AnyValue):
+    """Values that an upgrade rule's function converted, in a schema upgraded by rules.
+
+    What ``MapFieldValue``'s ``map_fn`` returns cannot be known: the schema checker trusts
+    that it fits the current type. Never in schema files.
+    """
 
 
 @dataclass

@@ -8,6 +8,8 @@ every item of a list or every value of a map, e.g. ``("layers", "*", "width")``.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -132,7 +134,10 @@ class MapFieldValue(RewriteRule):
     ``map_fn`` receives plain values: numbers, strings, enum variants as their name,
     lists, dicts, and structs as ``Struct`` records. For an enum field, the schema
     checker applies ``map_fn`` to the variant names (``lambda v: {"RELU": "Relu"}.get(v, v)``
-    renames a variant). ``rendered`` is the source shown in reports.
+    renames a variant); for any other field it trusts that the results fit the current
+    type (a type change that the rule converts is handled). A trailing ``"*"`` maps every
+    item of a list or map: ``MapFieldValue(("acts", "*"), ...)``. ``rendered`` is the
+    source shown in reports.
     """
 
     field: FieldPath
@@ -140,20 +145,30 @@ class MapFieldValue(RewriteRule):
     rendered: str | None = None
 
     def apply(self, state_dict: Any) -> Any:
-        path = _tuple(self.field)
-        for node in _nodes(state_dict, path[:-1]):
-            fields = _fields_of(node)
-            if fields is not None and path[-1] in fields:
-                fields[path[-1]] = _to_tree(self.map_fn(_simple(fields[path[-1]])))
-        return state_dict
+        return _map_at(state_dict, _tuple(self.field), lambda v: _to_tree(self.map_fn(_simple(v))))
 
     def apply_to_schema(self, schema: m.Schema, root: str | None = None) -> None:
-        definition = _schema_field(schema, root, _tuple(self.field), self)
-        typedef = definition.type
+        path = _tuple(self.field)
+        definition, holder, attr = _schema_slot(schema, root, path, self)
+        typedef = getattr(holder, attr)
         inner = typedef.inner if isinstance(typedef, m.OptionOf) else typedef
         if isinstance(inner, m.EnumDef):
             for variant in inner.variants:
                 variant.name = str(self.map_fn(variant.name))
+        else:
+            setattr(holder, attr, m.Converted())
+        if definition.has_default and definition.default is not None:
+            # Files that lack the field get the new default: compare it with the mapped
+            # old one. map_fn need not handle every value the default could be.
+            stars = path[len(path) - _trailing_stars(path) :]
+            with contextlib.suppress(Exception):
+                definition.default = plain(
+                    _map_at(
+                        copy.deepcopy(definition.default),
+                        stars,
+                        lambda v: _to_tree(self.map_fn(v)),
+                    )
+                )
 
     def render(self) -> str:
         fn = self.rendered or "lambda v: ..."
@@ -214,10 +229,13 @@ class AddDefault(RewriteRule):
         parent, name = _schema_parent(schema, root, path, self, create=True)
         definition = parent.field(name)
         if definition is None:
-            definition = m.FieldDef(name=name, type=m.AnyValue())
-            parent.fields.append(definition)
-        definition.has_default = True
-        definition.default = plain(_to_tree(self.default))
+            # Upgraded files hold exactly the default here.
+            literal = m.LiteralOf([plain(_to_tree(self.default))])
+            parent.fields.append(m.FieldDef(name=name, type=literal))
+        else:
+            # Every upgraded file has the field now: none relies on a default.
+            definition.has_default = False
+            definition.default = None
 
     def render(self) -> str:
         return f"AddDefault(field={_tuple(self.field)!r}, default={_render_value(self.default)})"
@@ -234,19 +252,16 @@ class CheckValue(RewriteRule):
     allowed_values: Collection[Any]
 
     def apply(self, state_dict: Any) -> Any:
-        path = _tuple(self.field)
         allowed = [_simple(_to_tree(v)) for v in self.allowed_values]
-        for node, where in _nodes_with_paths(state_dict, path[:-1], ()):
-            fields = _fields_of(node)
-            if fields is None or path[-1] not in fields:
-                continue
-            value = _simple(fields[path[-1]])
+        # None (an Optional left empty) is not a value to check.
+        for node, where in _nodes_with_paths(state_dict, _tuple(self.field), ()):
+            value = _simple(node)
             if not any(type(value) is type(a) and value == a for a in allowed):
                 shown = ", ".join(sorted(repr(a) for a in allowed))
                 raise ConfigError(
                     [
                         Issue(
-                            (*where, path[-1]),
+                            where,
                             f"value {value!r} is no longer allowed; allowed values: {shown}",
                         )
                     ]
@@ -254,11 +269,11 @@ class CheckValue(RewriteRule):
         return state_dict
 
     def apply_to_schema(self, schema: m.Schema, root: str | None = None) -> None:
-        definition = _schema_field(schema, root, _tuple(self.field), self)
+        _, holder, attr = _schema_slot(schema, root, _tuple(self.field), self)
         values = sorted((plain(_to_tree(v)) for v in self.allowed_values), key=repr)
-        optional = isinstance(definition.type, m.OptionOf)
+        optional = isinstance(getattr(holder, attr), m.OptionOf)
         literal = m.LiteralOf(values)
-        definition.type = m.OptionOf(literal) if optional else literal
+        setattr(holder, attr, m.OptionOf(literal) if optional else literal)
 
     def render(self) -> str:
         values = ", ".join(sorted(_render_value(v) for v in self.allowed_values))
@@ -320,6 +335,32 @@ def _pop(node: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
     if fields is None or path[-1] not in fields:
         return False, None
     return True, fields.pop(path[-1])
+
+
+def _map_at(tree: Any, path: tuple[str, ...], fn: Callable[[Any], Any]) -> Any:
+    """``tree`` with ``fn`` applied to every value at ``path`` (present ones only)."""
+    if not path:
+        return fn(tree)
+    if type(tree) is Some:
+        return Some(_map_at(tree.value, path, fn))
+    head, rest = path[0], path[1:]
+    if head == STAR and (type(tree) is list or type(tree) is tuple):
+        items = [_map_at(item, rest, fn) for item in tree]
+        return items if type(tree) is list else tuple(items)
+    fields = _fields_of(tree)
+    if fields is None:
+        return tree
+    keys = list(fields) if head == STAR else [head] if head in fields else []
+    for key in keys:
+        fields[key] = _map_at(fields[key], rest, fn)
+    return tree
+
+
+def _trailing_stars(path: tuple[str, ...]) -> int:
+    n = 0
+    while n < len(path) and path[len(path) - 1 - n] == STAR:
+        n += 1
+    return n
 
 
 def _insert(node: Any, path: tuple[str, ...], value: Any) -> None:
@@ -396,8 +437,8 @@ def _schema_parent(
             struct.fields.append(m.FieldDef(name=name, type=m.StructRef(target.name)))
             struct = target
             continue
-        target_name = _struct_in(definition.type, path[i + 1 :])
-        found = schema.struct(target_name) if target_name else None
+        ref = _struct_in(definition.type, path[i + 1 :])
+        found = _own_struct(schema, ref, f"{struct.name}.{name}") if ref else None
         if found is None:
             raise RuleMismatch(
                 f"{rule.render()}: {format_path(path[: i + 1])} is not a struct "
@@ -407,21 +448,58 @@ def _schema_parent(
     return struct, path[-1]
 
 
-def _struct_in(typedef: m.TypeDef, rest: tuple[str, ...]) -> str | None:
+def _struct_in(typedef: m.TypeDef, rest: tuple[str, ...]) -> m.StructRef | None:
     """The struct a path continues into: through Option, and through list/dict on ``*``."""
     star = bool(rest) and rest[0] == STAR
     if isinstance(typedef, m.OptionOf):
         return _struct_in(typedef.inner, rest)
     if isinstance(typedef, m.StructRef):
-        return typedef.name
+        return typedef
     if star and isinstance(typedef, m.ListOf | m.VarTupleOf):
         return _struct_in(typedef.item, rest[1:])
     if star and isinstance(typedef, m.DictOf):
         return _struct_in(typedef.value, rest[1:])
     if isinstance(typedef, m.UnionOf):
-        names = [o.name for o in typedef.options if isinstance(o, m.StructRef)]
-        return names[0] if len(names) == 1 else None
+        refs = [o for o in typedef.options if isinstance(o, m.StructRef)]
+        return refs[0] if len(refs) == 1 else None
     return None
+
+
+def _own_struct(schema: m.Schema, ref: m.StructRef, name: str) -> m.StructDef | None:
+    """The struct ``ref`` points to, first copied (as ``name``) if other places share it.
+
+    Files hold a value per place: a rule that renames a field inside ``layers[*]`` must
+    not also rename it inside ``heads[*]``, which holds the same struct.
+    """
+    found = schema.struct(ref.name)
+    if found is None or _references(schema, ref.name) < 2:
+        return found
+    while schema.struct(name) is not None:
+        name += "'"
+    own = copy.deepcopy(found)
+    own.name = ref.name = name
+    schema.structs.append(own)
+    return own
+
+
+def _references(schema: m.Schema, name: str) -> int:
+    def count(typedef: m.TypeDef) -> int:
+        if isinstance(typedef, m.StructRef):
+            return int(typedef.name == name)
+        if isinstance(typedef, m.OptionOf):
+            return count(typedef.inner)
+        if isinstance(typedef, m.ListOf | m.VarTupleOf):
+            return count(typedef.item)
+        if isinstance(typedef, m.DictOf):
+            return count(typedef.value)
+        if isinstance(typedef, m.TupleOf):
+            return sum(count(i) for i in typedef.items)
+        if isinstance(typedef, m.UnionOf):
+            return sum(count(o) for o in typedef.options)
+        return 0
+
+    fields = (f for s in schema.structs for f in s.fields)
+    return int(schema.root == name) + sum(count(f.type) for f in fields)
 
 
 def _schema_field(
@@ -432,3 +510,31 @@ def _schema_field(
     if definition is None:
         raise RuleMismatch(f"{rule.render()}: no field {format_path(path)}")
     return definition
+
+
+def _schema_slot(
+    schema: m.Schema, root: str | None, path: tuple[str, ...], rule: RewriteRule
+) -> tuple[m.FieldDef, Any, str]:
+    """The field at ``path`` and where the type of its values is kept.
+
+    That is ``(field, "type")``; trailing ``"*"`` segments (``("acts", "*")``) step
+    into the item type of a list or the value type of a map.
+    """
+    stars = _trailing_stars(path)
+    definition = _schema_field(schema, root, path[: len(path) - stars], rule)
+    holder: Any = definition
+    attr = "type"
+    for i in range(len(path) - stars, len(path)):
+        typedef = getattr(holder, attr)
+        if isinstance(typedef, m.OptionOf):
+            holder, attr, typedef = typedef, "inner", typedef.inner
+        if isinstance(typedef, m.ListOf | m.VarTupleOf):
+            holder, attr = typedef, "item"
+        elif isinstance(typedef, m.DictOf):
+            holder, attr = typedef, "value"
+        else:
+            raise RuleMismatch(
+                f"{rule.render()}: {format_path(path[:i])} is not a list or map "
+                f"({m.render_type(typedef)})"
+            )
+    return definition, holder, attr

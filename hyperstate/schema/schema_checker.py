@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +46,8 @@ from hyperstate.schema.rewrite_rule import (
 )
 from hyperstate.schema.schema_change import SchemaChange, Severity
 from hyperstate.schema.types import StructType, struct_schema
-from hyperstate.serde import plain
+from hyperstate.schema.upgrade import upgrade
+from hyperstate.serde import from_value, plain
 
 __all__ = ["SchemaChecker"]
 
@@ -155,10 +155,21 @@ class SchemaChecker:
 
     def _check(self) -> None:
         upgraded = self.old.copy()
-        for node in self._versioned_structs():
-            self._apply_rules(upgraded, node)
-        raw = _Diff(self.old, self.new)
-        after = _Diff(upgraded, self.new)
+        self._upgrade(upgraded, struct_schema(self.config_clz), upgraded.root_struct, set())
+        types = _struct_types(struct_schema(self.config_clz))
+        raw = _Diff(self.old, self.new, types)
+        after = _Diff(upgraded, self.new, types)
+        for name, (old_version, new_version) in after.versions.items():
+            if old_version is not None and new_version is not None and old_version > new_version:
+                self.changes.append(
+                    SchemaChange(
+                        Severity.ERROR,
+                        "version_decreased",
+                        f"version of {name} decreased from {old_version} to {new_version}: "
+                        "the schema file was written by newer code",
+                        owner=name,
+                    )
+                )
         remaining = {(c.kind, c.path) for c in after.changes}
         for change in raw.changes:
             if (change.kind, change.path) not in remaining:
@@ -200,26 +211,29 @@ class SchemaChecker:
             self._owners[change.owner] = owner
         owner.changes.append(change)
 
-    def _versioned_structs(self) -> Iterator[StructType]:
-        seen: set[str] = set()
-        stack = [struct_schema(self.config_clz)]
-        while stack:
-            node = stack.pop()
-            if node.name in seen:
-                continue
-            seen.add(node.name)
-            if node.version is not None:
-                yield node
-            for f in node.fields:
-                stack.extend(_structs_in(f.type))
+    def _upgrade(
+        self, upgraded: m.Schema, node: StructType, old_def: m.StructDef, done: set[int]
+    ) -> None:
+        """Apply the rules of ``node`` to the old struct at the same place, then those of
+        the structs in its fields: the order in which loading upgrades a file.
 
-    def _apply_rules(self, upgraded: m.Schema, node: StructType) -> None:
-        assert node.version is not None
-        old_def = upgraded.struct(node.name)
-        if old_def is None and node.name == self.new.root:
-            old_def = upgraded.root_struct
-        if old_def is None:
+        Structs are matched by place, not by name: a rule may have moved fields into a
+        new struct (``RenameField(("lr",), ("optimizer", "lr"))``) that a Versioned class
+        then upgrades from its version 0.
+        """
+        if id(old_def) in done:
             return
+        done.add(id(old_def))
+        if node.version is not None:
+            self._apply_rules(upgraded, node, old_def)
+        for f in node.fields:
+            old_field = old_def.field(f.name)
+            if old_field is not None:
+                for child, old_child in _struct_pairs(f.type, old_field.type, upgraded):
+                    self._upgrade(upgraded, child, old_child, done)
+
+    def _apply_rules(self, upgraded: m.Schema, node: StructType, old_def: m.StructDef) -> None:
+        assert node.version is not None
         rules = node.cls.upgrade_rules()  # type: ignore[attr-defined]
         start = old_def.version or 0
         for version in range(start, node.version):
@@ -249,19 +263,36 @@ class SchemaChecker:
 
 
 def _holds_structs(typedef: m.TypeDef) -> bool:
+    return bool(_struct_refs(typedef))
+
+
+def _struct_refs(typedef: m.TypeDef) -> list[str]:
+    """The names of the structs that values of ``typedef`` can hold at their top."""
     if isinstance(typedef, m.StructRef):
-        return True
+        return [typedef.name]
     if isinstance(typedef, m.OptionOf):
-        return _holds_structs(typedef.inner)
+        return _struct_refs(typedef.inner)
     if isinstance(typedef, m.ListOf | m.VarTupleOf):
-        return _holds_structs(typedef.item)
+        return _struct_refs(typedef.item)
     if isinstance(typedef, m.DictOf):
-        return _holds_structs(typedef.value)
+        return _struct_refs(typedef.value)
     if isinstance(typedef, m.TupleOf):
-        return any(_holds_structs(i) for i in typedef.items)
+        return [n for i in typedef.items for n in _struct_refs(i)]
     if isinstance(typedef, m.UnionOf):
-        return any(_holds_structs(o) for o in typedef.options)
-    return False
+        return [n for o in typedef.options for n in _struct_refs(o)]
+    return []
+
+
+def _struct_pairs(
+    new: t.SchemaType, old: m.TypeDef, schema: m.Schema
+) -> list[tuple[StructType, m.StructDef]]:
+    """The current structs in a field's type, each with the old struct at its place."""
+    news = _structs_in(new)
+    olds = [d for d in (schema.struct(n) for n in _struct_refs(old)) if d is not None]
+    if len(news) == 1 and len(olds) == 1:
+        return [(news[0], olds[0])]
+    by_name = {d.name: d for d in olds}  # a Union: its options are chosen by name
+    return [(n, by_name[n.name]) for n in news if n.name in by_name]
 
 
 def _upgrade_defaults(struct: m.StructDef, rule: RewriteRule) -> None:
@@ -270,11 +301,28 @@ def _upgrade_defaults(struct: m.StructDef, rule: RewriteRule) -> None:
     A default that holds structs (``layers = [Layer(width=64)]``) must see the same
     renames as files do, or every such rename would also show as a changed default.
     """
-    tree = {f.name: f.default for f in struct.fields if f.has_default}
+    own = None
+    if isinstance(rule, MapFieldValue):
+        # The default of the field it names is mapped by apply_to_schema already.
+        path = (rule.field,) if isinstance(rule.field, str) else tuple(rule.field)
+        own = path[0] if all(seg == STAR for seg in path[1:]) else None
+    tree = {f.name: f.default for f in struct.fields if f.has_default and f.name != own}
     rule.apply(tree)
     for f in struct.fields:
         if f.has_default and f.name in tree:
             f.default = plain(tree[f.name])
+
+
+def _struct_types(root: StructType) -> dict[str, StructType]:
+    """Every struct reachable from ``root``, by name."""
+    found: dict[str, StructType] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.name not in found:
+            found[node.name] = node
+            stack.extend(s for f in node.fields for s in _structs_in(f.type))
+    return found
 
 
 def _structs_in(node: object) -> list[StructType]:
@@ -296,9 +344,11 @@ def _structs_in(node: object) -> list[StructType]:
 class _Diff:
     """Walks an old and a new schema side by side from their roots."""
 
-    def __init__(self, old: m.Schema, new: m.Schema) -> None:
+    def __init__(self, old: m.Schema, new: m.Schema, types: dict[str, StructType]) -> None:
         self.old = old
         self.new = new
+        self._types = types
+        self._struct_of = {id(f): s.name for s in new.structs for f in s.fields}
         self.changes: list[SchemaChange] = []
         self.versions: dict[str, tuple[int | None, int | None]] = {}
         self._seen: set[tuple[str, str, tuple[str, ...]]] = set()
@@ -442,7 +492,8 @@ class _Diff:
             for seg in rel:
                 tree = tree.get(seg, {}) if isinstance(tree, dict) else {}
             old_default = plain(tree)
-        if old_default == new.default:
+        old_default = _renamed_variants(old_default, old.type, new.type)
+        if old_default == new.default or self._loads_same(old_default, new):
             return
         self._emit(
             Severity.WARN,
@@ -452,6 +503,20 @@ class _Diff:
             owner,
             [ChangeDefault(field=rel, old_default=old_default, new_default=new.default)],
         )
+
+    def _loads_same(self, old_default: Any, new: m.FieldDef) -> bool:
+        """Whether a struct-holding old default, upgraded and loaded by the current
+        classes, equals the new default (its structs may have gained fields with
+        defaults, or a Versioned one a new version)."""
+        struct = self._types.get(self._struct_of.get(id(new), ""))
+        if not _holds_structs(new.type) or struct is None or new.name not in struct.field_map:
+            return False
+        node = struct.field_map[new.name].type
+        try:
+            old_value = from_value(node, upgrade(node, copy.deepcopy(old_default)))
+            return bool(old_value == from_value(node, new.default))
+        except Exception:  # the old default does not load (or a user's rule fails on it)
+            return False
 
     def _type(
         self,
@@ -463,6 +528,8 @@ class _Diff:
     ) -> None:
         where = _display(path)
         old_text, new_text = m.render_type(old), m.render_type(new)
+        if isinstance(old, m.Converted):
+            return  # an upgrade rule converts the old values: trusted to fit
         if isinstance(old, m.StructRef) and isinstance(new, m.StructRef):
             old_def, new_def = self.old.struct(old.name), self.new.struct(new.name)
             if old_def is not None and new_def is not None:
@@ -549,15 +616,10 @@ class _Diff:
         where = _display(path)
         old_by_name = {v.name: v for v in old.variants}
         new_by_name = {v.name: v for v in new.variants}
-        removed = [v for v in old.variants if v.name not in new_by_name]
-        added = [v for v in new.variants if v.name not in old_by_name]
-        renames: dict[str, str] = {}
-        for v in list(removed):
-            match = [a for a in added if a.value == v.value]
-            if len(match) == 1:
-                renames[v.name] = match[0].name
-                removed.remove(v)
-                added.remove(match[0])
+        renames = _variant_renames(old, new)
+        removed = [v for v in old.variants if v.name not in new_by_name and v.name not in renames]
+        renamed_to = set(renames.values())
+        added = [v for v in new.variants if v.name not in old_by_name and v.name not in renamed_to]
         if renames:
             rendered = f"lambda v: {renames!r}.get(v, v)"
             self._emit(
@@ -652,6 +714,35 @@ class _Diff:
                 )
 
 
+def _variant_renames(old: m.EnumDef, new: m.EnumDef) -> dict[str, str]:
+    """Variants gone by name whose value lives on, alone, under a new name."""
+    old_names = {v.name for v in old.variants}
+    new_names = {v.name for v in new.variants}
+    added = [v for v in new.variants if v.name not in old_names]
+    renames: dict[str, str] = {}
+    for v in old.variants:
+        if v.name in new_names:
+            continue
+        match = [a for a in added if a.value == v.value]
+        if len(match) == 1:
+            renames[v.name] = match[0].name
+            added.remove(match[0])
+    return renames
+
+
+def _renamed_variants(value: Any, old: m.TypeDef, new: m.TypeDef) -> Any:
+    """An old default with its enum variants renamed as ``_variant_renames`` detects."""
+    old, new = _unopt(old), _unopt(new)
+    if isinstance(old, m.EnumDef) and isinstance(new, m.EnumDef) and isinstance(value, str):
+        return _variant_renames(old, new).get(value, value)
+    seq = m.ListOf | m.VarTupleOf
+    if isinstance(old, seq) and isinstance(new, seq) and isinstance(value, list | tuple):
+        return type(value)(_renamed_variants(v, old.item, new.item) for v in value)
+    if isinstance(old, m.DictOf) and isinstance(new, m.DictOf) and isinstance(value, dict):
+        return {k: _renamed_variants(v, old.value, new.value) for k, v in value.items()}
+    return value
+
+
 class _Renamer:
     """A picklable-free, printable map_fn for proposed enum renames."""
 
@@ -711,6 +802,34 @@ def _is_str(typedef: m.TypeDef) -> bool:
 def _widens(old: m.TypeDef, new: m.TypeDef) -> bool:
     if isinstance(old, m.Primitive) and isinstance(new, m.Primitive):
         return (old.name, new.name) in {("int", "float"), ("str", "Path")}
-    if isinstance(old, m.LiteralOf) and _is_str(new):
-        return all(isinstance(v, str) for v in old.values)
+    if isinstance(old, m.LiteralOf):
+        return all(_fits(v, new) for v in old.values)
     return bool(isinstance(old, m.EnumDef) and _is_str(new))
+
+
+def _fits(value: Any, typedef: m.TypeDef) -> bool:
+    """Whether a plain value (a literal or default of the old schema) loads as ``typedef``."""
+    if isinstance(typedef, m.AnyValue):
+        return True
+    if isinstance(typedef, m.OptionOf):
+        return value is None or _fits(value, typedef.inner)
+    if isinstance(typedef, m.Primitive):
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "bytes": (bytes,)}
+        return type(value) in kinds.get(typedef.name, (str,))
+    if isinstance(typedef, m.LiteralOf):
+        return any(type(value) is type(v) and value == v for v in typedef.values)
+    if isinstance(typedef, m.EnumDef):
+        return any(value == v.name for v in typedef.variants)
+    if isinstance(typedef, m.ListOf | m.VarTupleOf):
+        return isinstance(value, list | tuple) and all(_fits(v, typedef.item) for v in value)
+    if isinstance(typedef, m.TupleOf):
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(typedef.items)
+            and all(_fits(v, i) for v, i in zip(value, typedef.items, strict=True))
+        )
+    if isinstance(typedef, m.DictOf):
+        return isinstance(value, dict) and all(_fits(v, typedef.value) for v in value.values())
+    if isinstance(typedef, m.UnionOf):
+        return any(_fits(value, o) for o in typedef.options)
+    return isinstance(value, dict)  # a struct, as plain values hold it

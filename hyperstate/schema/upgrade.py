@@ -16,6 +16,7 @@ from hyperstate.schema.types import (
     DictType,
     ListType,
     OptionType,
+    Primitive,
     SchemaType,
     StructType,
     TupleType,
@@ -59,10 +60,17 @@ def _upgrade(node: SchemaType, value: Any, path: Path) -> Any:
         return items if type(value) is list else tuple(items)
     if isinstance(node, DictType) and type(value) is dict:
         return {k: _upgrade(node.value, x, (*path, k)) for k, x in value.items()}
+    if isinstance(node, DictType) and type(value) is Struct and node.key == Primitive(str):
+        # `(a: ...)` is a str-keyed map too (as the typed conversion reads it)
+        entries = {k: _upgrade(node.value, x, (*path, k)) for k, x in value.fields.items()}
+        return Struct(value.name, entries)
     if isinstance(node, UnionType) and type(value) in (Struct, Ident):
-        for option in node.options:
-            if isinstance(option, StructType) and option.name == value.name:
+        structs = [o for o in node.options if isinstance(o, StructType)]
+        for option in structs:
+            if option.name == value.name:
                 return _upgrade(option, value, path)
+        if value.name is None and len(structs) == 1:  # the only struct: no name needed
+            return _upgrade(structs[0], value, path)
     return value
 
 
@@ -116,13 +124,17 @@ def _apply_rules(node: StructType, value: Any, found: int, path: Path) -> Any:
         )
     for version in range(found, current):
         for rule in rules.get(version, ()):
+            context = f"upgrading {node.name} from version {version}"
             try:
                 value = rule.apply(value)
             except ConfigError as e:
                 raise ConfigError(
                     [Issue((*path, *i.path), i.message, hint=i.hint) for i in e.issues],
-                    context=f"upgrading {node.name} from version {version}",
+                    context=context,
                 ) from None
+            except Exception as e:  # e.g. a map_fn that meets a value it cannot handle
+                message = f"{rule.render()} failed: {type(e).__name__}: {e}"
+                raise ConfigError([Issue(path, message)], context=context) from e
     return value
 
 
@@ -132,25 +144,29 @@ _NEEDS: dict[SchemaType, bool] = {}
 def needs_upgrade_pass(node: SchemaType) -> bool:
     """Whether any ``Versioned`` struct can appear below ``node`` (cached)."""
     cached = _NEEDS.get(node)
-    if cached is not None:
-        return cached
-    _NEEDS[node] = False  # recursion guard for recursive classes
-    result = _compute_needs(node)
-    _NEEDS[node] = result
-    return result
+    if cached is None:
+        cached = _NEEDS[node] = _reaches_versioned(node, set())
+    return cached
 
 
-def _compute_needs(node: SchemaType) -> bool:
+def _reaches_versioned(node: SchemaType, seen: set[int]) -> bool:
+    # One complete search per node asked about: caching the answers for the nodes on
+    # the way would cache "no" for a recursive class that is still being searched.
     if isinstance(node, StructType):
-        return node.version is not None or any(needs_upgrade_pass(f.type) for f in node.fields)
+        if node.version is not None:
+            return True
+        if id(node) in seen:
+            return False
+        seen.add(id(node))
+        return any(_reaches_versioned(f.type, seen) for f in node.fields)
     if isinstance(node, OptionType):
-        return needs_upgrade_pass(node.inner)
+        return _reaches_versioned(node.inner, seen)
     if isinstance(node, ListType | VarTupleType):
-        return needs_upgrade_pass(node.item)
+        return _reaches_versioned(node.item, seen)
     if isinstance(node, TupleType):
-        return any(needs_upgrade_pass(i) for i in node.items)
+        return any(_reaches_versioned(i, seen) for i in node.items)
     if isinstance(node, DictType):
-        return needs_upgrade_pass(node.value)
+        return _reaches_versioned(node.value, seen)
     if isinstance(node, UnionType):
-        return any(needs_upgrade_pass(o) for o in node.options)
+        return any(_reaches_versioned(o, seen) for o in node.options)
     return False

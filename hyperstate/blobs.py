@@ -1,0 +1,1082 @@
+"""Tensors and arrays in safetensors files: a streaming writer, a lazy reader, small refs.
+
+A checkpoint keeps its tensors in blob files (``blobs/rank-00000.safetensors``) and
+refers to each one from ``state.ron`` with a :class:`BlobRef`: a small frozen record of
+file, entry key, dtype, shape and checksum. Blob files are plain safetensors files, so
+``safetensors.safe_open`` reads them, but this module writes and reads them itself:
+
+* :class:`BlobWriter` streams every entry from the tensor's own memory to the file (no
+  second copy of the state: views are written as their storage, and only CUDA tensors,
+  conjugate views and non-contiguous numpy arrays are copied, one at a time) and
+  computes the xxh3-64 checksum of each entry as it goes.
+* :class:`BlobReader` reads the header only, then each entry when it is asked for:
+  zero-copy through ``mmap`` on local disk, one byte-range request per entry on remote
+  fsspec storage. Every entry is checked against the checksum in its ref.
+
+Tensors that share storage (tied weights, ``w`` and ``w.t()``) are stored once and
+come back as views of one shared tensor, so they are still tied after loading.
+
+>>> import torch, tempfile
+>>> from hyperstate.blobs import BlobReader, BlobWriter
+>>> directory = tempfile.mkdtemp()
+>>> writer = BlobWriter(directory, "blobs/rank-00000.safetensors")
+>>> w = torch.arange(6.0).reshape(2, 3)
+>>> _ = writer.add("w", w), writer.add("w_t", w.t())
+>>> ref_w, ref_wt = writer.write()
+>>> reader = BlobReader(directory, "blobs/rank-00000.safetensors")
+>>> w2, wt2 = reader.read(ref_w), reader.read(ref_wt)
+>>> torch.equal(wt2, w.t())
+True
+>>> _ = w2.mul_(10)  # still tied: the transposed view sees the change
+>>> wt2[2, 1].item()
+50.0
+
+Nothing here unpickles, evals or looks up names taken from a file: dtypes, devices and
+paths from a ref or a header are checked against fixed tables before use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import itertools
+import json
+import math
+import mmap
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import xxhash
+
+from hyperstate import _fs
+from hyperstate.errors import HyperstateError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = ["BlobError", "BlobReader", "BlobRef", "BlobWriter", "checksum"]
+
+# The safetensors dtype code of every torch dtype it can name, by torch dtype name.
+_CODES: dict[str, str] = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint64": "U64",
+    "uint32": "U32",
+    "uint16": "U16",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "complex64": "C64",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "float8_e8m0fnu": "F8_E8M0",
+}
+_NAME_OF_CODE = {code: name for name, code in _CODES.items()}
+
+# Dtypes safetensors cannot name, stored as an entry of another dtype with the same bytes:
+# (entry dtype, trailing dimension the entry adds). The ref keeps the real dtype.
+_STORED_AS: dict[str, tuple[str, int | None]] = {
+    "complex128": ("float64", 2),
+    "complex32": ("float16", 2),
+    "float4_e2m1fn_x2": ("uint8", None),
+}
+
+_ITEMSIZE: dict[str, int] = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint64": 8,
+    "uint32": 4,
+    "uint16": 2,
+    "uint8": 1,
+    "bool": 1,
+    "complex64": 8,
+    "complex128": 16,
+    "complex32": 4,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+    "float4_e2m1fn_x2": 1,
+}
+
+# The dtypes numpy has, under the same names as torch's.
+_NUMPY_NAMES = frozenset(
+    {
+        "float64",
+        "float32",
+        "float16",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint64",
+        "uint32",
+        "uint16",
+        "uint8",
+        "bool",
+        "complex64",
+        "complex128",
+    }
+)
+
+# safetensors refuses larger headers; so do we, before reading one.
+_MAX_HEADER = 100_000_000
+# Entries at least this large are checksummed in a thread while the main thread writes
+# them; below it the hand-off costs more than the hash.
+_THREAD_HASH_MIN = 1 << 20
+# Remote writes go in pieces of this size so a buffered fsspec file never holds a whole
+# large tensor at once.
+_REMOTE_CHUNK = 8 << 20
+_KINDS = ("torch", "numpy")
+_CHECKSUM_RE = re.compile(r"xxh3-64:[0-9a-f]{16}")
+_DEVICE_RE = re.compile(r"[a-z][a-z0-9_]*(:[0-9]+)?")
+
+
+class BlobError(HyperstateError):
+    """A blob file or ref that cannot be written or read as it is.
+
+    Attributes:
+        msg: what was expected and what was found.
+        file: the blob file (as the checkpoint names it), when known.
+        key: the entry in that file, when known.
+    """
+
+    def __init__(self, msg: str, file: str | None = None, key: str | None = None) -> None:
+        self.msg = msg
+        self.file = file
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or ""
+        if self.key is not None:
+            where = f"{where} entry {self.key!r}".strip()
+        return f"{where}: {self.msg}" if where else self.msg
+
+    def __reduce__(self) -> tuple[type[BlobError], tuple[str, str | None, str | None]]:
+        return (type(self), (self.msg, self.file, self.key))
+
+
+def checksum(data: memoryview | bytes | bytearray) -> str:
+    """The checksum of some bytes as recorded in refs: ``"xxh3-64:<16 hex digits>"``.
+
+    >>> checksum(b"")
+    'xxh3-64:2d06800538d394c2'
+    """
+    return "xxh3-64:" + xxhash.xxh3_64_hexdigest(data)
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """Where one tensor or array lives: an entry of a blob file, and how to view it.
+
+    The fields are plain strings, ints and tuples so the ref can be written into
+    ``state.ron`` as it is. Refs are checked when built, so a hand-edited one that names
+    an unknown dtype or a malformed shape fails here with a ``BlobError``.
+
+    Attributes:
+        file: the blob file, relative to the checkpoint directory, with ``/`` separators.
+        key: the entry in that file.
+        dtype: the torch dtype name without ``torch.`` (``"float32"``, ``"bfloat16"``).
+        shape: the shape of the tensor.
+        kind: ``"torch"`` or ``"numpy"``: what :meth:`BlobReader.read` gives back.
+        stride: for a view into a storage shared with other refs, its stride in elements;
+            ``None`` when the entry holds exactly this tensor, contiguous.
+        offset: for such a view, its offset in elements from the start of the entry.
+        checksum: ``"xxh3-64:<hex>"`` of the entry's bytes, or ``""`` before writing.
+        device: the device the tensor was on when saved (``"cpu"``, ``"cuda:1"``).
+
+    >>> BlobRef("blobs/rank-00000.safetensors", "net.weight", "float32", (4, 2)).shape
+    (4, 2)
+    """
+
+    file: str
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    kind: str = "torch"
+    stride: tuple[int, ...] | None = None
+    offset: int = 0
+    checksum: str = ""
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> BlobError:
+            key = self.key if isinstance(self.key, str) else None
+            file = self.file if isinstance(self.file, str) else None
+            return BlobError(f"invalid blob ref: {msg}", file, key)
+
+        if not isinstance(self.file, str) or not isinstance(self.key, str):
+            raise bad(f"expected file and key strings, found {self.file!r}, {self.key!r}")
+        if self.dtype not in _ITEMSIZE:
+            raise bad(f"expected a dtype among {sorted(_ITEMSIZE)}, found {self.dtype!r}")
+        if self.kind not in _KINDS:
+            raise bad(f"expected kind 'torch' or 'numpy', found {self.kind!r}")
+        if self.kind == "numpy" and self.dtype not in _NUMPY_NAMES:
+            raise bad(f"numpy has no dtype {self.dtype!r}")
+        object.__setattr__(self, "shape", _int_tuple(self.shape, "shape", bad))
+        if self.stride is not None:
+            stride = _int_tuple(self.stride, "stride", bad)
+            if len(stride) != len(self.shape):
+                raise bad(f"expected {len(self.shape)} strides for shape {self.shape}")
+            object.__setattr__(self, "stride", stride)
+            if self.kind == "numpy":
+                raise bad("numpy refs cannot be strided views")
+        if not _is_int(self.offset) or self.offset < 0:
+            raise bad(f"expected a non-negative int offset, found {self.offset!r}")
+        if self.stride is None and self.offset != 0:
+            raise bad(f"offset {self.offset} given without a stride")
+        if not isinstance(self.checksum, str) or not (
+            self.checksum == "" or _CHECKSUM_RE.fullmatch(self.checksum)
+        ):
+            raise bad(f"expected checksum 'xxh3-64:<16 hex digits>', found {self.checksum!r}")
+        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
+            raise bad(f"expected a device such as 'cpu' or 'cuda:0', found {self.device!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_tuple(value: object, what: str, bad: Callable[[str], BlobError]) -> tuple[int, ...]:
+    if not isinstance(value, tuple | list) or not all(_is_int(v) and v >= 0 for v in value):
+        raise bad(f"expected {what} as a tuple of non-negative ints, found {value!r}")
+    return tuple(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Paths
+
+
+def _check_relative(file: object) -> str:
+    """Refuse a blob path that could leave the checkpoint directory."""
+    if not isinstance(file, str) or not file:
+        raise BlobError(f"expected a relative blob file path, found {file!r}")
+    if file.startswith(("/", "\\")) or os.path.isabs(file) or re.match(r"[A-Za-z]:", file):
+        raise BlobError(
+            "expected a path relative to the checkpoint directory, found an absolute one",
+            file,
+        )
+    if "://" in file or "\\" in file or "\x00" in file:
+        raise BlobError(
+            "expected a relative path with '/' separators, found a URL, a backslash or NUL",
+            file,
+        )
+    if any(part in ("", ".", "..") for part in file.split("/")):
+        raise BlobError(
+            "expected a path that stays inside the checkpoint directory, "
+            "found an empty, '.' or '..' segment",
+            file,
+        )
+    return file
+
+
+def _resolve(directory: str | os.PathLike[str], file: str) -> tuple[Any, str, bool]:
+    """The fsspec filesystem, the path on it, and whether it is the local disk."""
+    base = os.fspath(directory)
+    fs, path = _fs.url_to_fs(base.rstrip("/") + "/" + file)
+    local = _fs.is_local(fs)
+    if local:
+        # A symlink inside the checkpoint must not lead out of it either.
+        _, root = _fs.url_to_fs(base)
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise BlobError(
+                f"expected a file inside {real_root}, found one that resolves to {real}", file
+            )
+    return fs, path, local
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One entry of the file being written."""
+
+    key: str
+    dtype: str  # torch dtype name of the entry itself
+    shape: tuple[int, ...]
+    nbytes: int
+    produce: Callable[[], tuple[memoryview, bool]]  # its bytes, and whether they are a copy
+    begin: int = 0
+    checksum: str = ""
+
+    @property
+    def align(self) -> int:
+        return min(_ITEMSIZE[self.dtype], 8)
+
+
+class BlobWriter:
+    """Collects tensors and arrays, then writes them to one safetensors file.
+
+    Args:
+        directory: the checkpoint directory, a local path or an fsspec URL.
+        file: the blob file relative to it, e.g. ``"blobs/rank-00000.safetensors"``.
+
+    :meth:`add` only records the value and decides where it goes (no bytes are
+    copied); :meth:`write` writes the file in one pass. The values must not change
+    between the two. After writing, ``written_bytes`` holds the size of the file.
+
+    A tensor that owns its storage (parameters, optimizer moments) becomes one entry of
+    its own dtype and shape. A view (``w.t()``, ``w[0]``, ``w[::2]``) is stored with its
+    whole storage, as ``torch.save`` does, and its ref records stride and offset; every
+    other view of that storage added later points into the same entry, so they are
+    still tied after loading.
+
+    >>> import numpy, tempfile
+    >>> writer = BlobWriter(tempfile.mkdtemp(), "blobs/a.safetensors")
+    >>> writer.add("x", numpy.zeros(3)).key
+    'x'
+    >>> [ref.checksum for ref in writer.write()]  # doctest: +ELLIPSIS
+    ['xxh3-64:...']
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], file: str) -> None:
+        self.directory = os.fspath(directory)
+        self.file = _check_relative(file)
+        self.written_bytes = 0
+        self._entries: list[_Entry] = []
+        self._refs: list[tuple[int, BlobRef]] = []  # per add() call: entry index, ref
+        self._by_identity: dict[tuple[Any, ...], tuple[int, BlobRef]] = {}
+        # (device, storage address) -> index of the entry holding that storage, its size
+        self._storages: dict[tuple[str, int], tuple[int, int]] = {}
+        # Values deduplicated by id() must stay alive while their id is a key.
+        self._keepalive: list[Any] = []
+        self._keys: set[str] = {"__metadata__"}
+        self._written = False
+
+    def add(self, key_hint: str, value: Any) -> BlobRef:
+        """Register a ``torch.Tensor`` (any device) or ``numpy.ndarray`` for writing.
+
+        Returns its ref, final except for the checksum, which :meth:`write` fills in.
+        The entry key is ``key_hint``, with ``~1``, ``~2``... appended when taken. The
+        same tensor (the same view of the same storage) added twice is stored once and
+        gets the same ref.
+
+        Raises:
+            TypeError: ``value`` is neither a tensor nor an array.
+            BlobError: its dtype or layout cannot be stored.
+        """
+        if self._written:
+            raise BlobError("add() after write(): a writer writes its file once", self.file)
+        if _is_tensor(value):
+            return self._add_tensor(key_hint, value)
+        if _is_ndarray(value):
+            return self._add_array(key_hint, value)
+        raise TypeError(
+            f"expected a torch.Tensor or numpy.ndarray for {key_hint!r}, "
+            f"found {type(value).__name__}"
+        )
+
+    def _add_tensor(self, hint: str, value: Any) -> BlobRef:
+        import torch
+
+        t = value.detach()
+        if type(t) is not torch.Tensor or t.layout != torch.strided or t.is_quantized:
+            raise BlobError(
+                f"expected a plain dense tensor for {hint!r}, found {type(value).__name__} "
+                f"with layout {t.layout}; convert it first (DTensor: .full_tensor() or "
+                ".to_local(), sparse: .to_dense())",
+                self.file,
+            )
+        dtype = _torch_name(t.dtype)
+        if dtype not in _ITEMSIZE:
+            raise BlobError(f"cannot store {hint!r}: safetensors has no dtype {t.dtype}", self.file)
+        if t.device.type == "meta":
+            raise BlobError(f"cannot store {hint!r}: a meta tensor has no data", self.file)
+        device = str(t.device)
+        shape = tuple(t.shape)
+        numel = t.numel()
+        # Conjugate and negative views hold other values than their storage: they are
+        # resolved when written, into an entry of their own.
+        if numel == 0 or t.is_conj() or t.is_neg():
+            return self._add_solo(("solo", id(value)), value, hint, t, dtype, shape, device)
+        stride = tuple(t.stride())
+        offset = int(t.storage_offset())
+        storage = t.untyped_storage()
+        where = (device, storage.data_ptr())
+        identity = (*where, offset, shape, stride, dtype)
+        known = self._by_identity.get(identity)
+        if known is not None:
+            self._refs.append(known)
+            return known[1]
+        itemsize = _ITEMSIZE[dtype]
+        end = (offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)) + 1) * itemsize
+        held = self._storages.get(where)
+        if held is not None:
+            index, nbytes = held
+            if end > nbytes:
+                # torch.from_numpy storages can share an address and differ in size.
+                return self._add_solo(identity, value, hint, t, dtype, shape, device)
+            ref = BlobRef(
+                self.file,
+                self._entries[index].key,
+                dtype,
+                shape,
+                stride=stride,
+                offset=offset,
+                device=device,
+            )
+            return self._remember(identity, index, ref)
+        nbytes = storage.nbytes()
+        key = self._unique_key(hint)
+        if offset == 0 and numel * itemsize == nbytes and t.is_contiguous():
+            stored, extra = _STORED_AS.get(dtype, (dtype, None))
+            entry_shape = (*shape, extra) if extra else shape
+            ref = BlobRef(self.file, key, dtype, shape, device=device)
+        else:
+            stored = dtype if dtype in _CODES and nbytes % itemsize == 0 else "uint8"
+            entry_shape = (nbytes // _ITEMSIZE[stored],)
+            ref = BlobRef(self.file, key, dtype, shape, stride=stride, offset=offset, device=device)
+        index = len(self._entries)
+        self._entries.append(
+            _Entry(key, stored, entry_shape, nbytes, lambda: _storage_bytes(storage, t.device))
+        )
+        self._storages[where] = (index, nbytes)
+        return self._remember(identity, index, ref)
+
+    def _add_solo(
+        self,
+        identity: tuple[Any, ...],
+        value: Any,
+        hint: str,
+        t: Any,
+        dtype: str,
+        shape: tuple[int, ...],
+        device: str,
+    ) -> BlobRef:
+        """An entry holding just this tensor, made contiguous when written."""
+        known = self._by_identity.get(identity)
+        if known is not None:
+            self._refs.append(known)
+            return known[1]
+        self._keepalive.append(value)
+        key = self._unique_key(hint)
+        stored, extra = _STORED_AS.get(dtype, (dtype, None))
+        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+        entry_shape = (*shape, extra) if extra else shape
+        index = len(self._entries)
+        self._entries.append(_Entry(key, stored, entry_shape, nbytes, lambda: _tensor_bytes(t)))
+        return self._remember(identity, index, BlobRef(self.file, key, dtype, shape, device=device))
+
+    def _add_array(self, hint: str, value: Any) -> BlobRef:
+        dtype = value.dtype.name
+        if dtype not in _NUMPY_NAMES:
+            raise BlobError(
+                f"cannot store {hint!r}: expected a numpy dtype among {sorted(_NUMPY_NAMES)}, "
+                f"found {value.dtype}",
+                self.file,
+            )
+        shape = tuple(value.shape)
+        if value.size == 0:
+            identity: tuple[Any, ...] = ("solo", id(value))
+        else:
+            address = value.__array_interface__["data"][0]
+            identity = ("numpy", address, shape, value.strides, value.dtype.str)
+        known = self._by_identity.get(identity)
+        if known is not None:
+            self._refs.append(known)
+            return known[1]
+        self._keepalive.append(value)
+        key = self._unique_key(hint)
+        stored, extra = _STORED_AS.get(dtype, (dtype, None))
+        nbytes = value.size * _ITEMSIZE[dtype]
+        entry_shape = (*shape, extra) if extra else shape
+        index = len(self._entries)
+        self._entries.append(_Entry(key, stored, entry_shape, nbytes, lambda: _array_bytes(value)))
+        return self._remember(identity, index, BlobRef(self.file, key, dtype, shape, "numpy"))
+
+    def _remember(self, identity: tuple[Any, ...], index: int, ref: BlobRef) -> BlobRef:
+        self._by_identity[identity] = (index, ref)
+        self._refs.append((index, ref))
+        return ref
+
+    def _unique_key(self, hint: str) -> str:
+        base = "".join(c if c.isprintable() else "_" for c in str(hint)) or "tensor"
+        key, n = base, 0
+        while key in self._keys:
+            n += 1
+            key = f"{base}~{n}"
+        self._keys.add(key)
+        return key
+
+    def write(self) -> list[BlobRef]:
+        """Write the file and return the final refs, one per :meth:`add` call, in order.
+
+        They equal the refs ``add`` returned, with the checksums filled in. Entries are
+        streamed from each tensor's memory and checksummed as they are written. On local
+        disk the file (and its directory entry) is fsync'd before this returns; on other
+        fsspec storage it is uploaded through ``fs.open(path, "wb")``. The caller marks
+        the checkpoint committed.
+        """
+        if self._written:
+            raise BlobError("write() called twice", self.file)
+        self._written = True
+        entries = self._entries
+        # Wider dtypes first: each entry then starts aligned (the header is padded to 8),
+        # as zero-copy views need. An entry whose size breaks that goes last in its group.
+        order = sorted(
+            range(len(entries)),
+            key=lambda i: (-entries[i].align, entries[i].nbytes % entries[i].align),
+        )
+        header = _header([entries[i] for i in order])
+        fs, path, local = _resolve(self.directory, self.file)
+        try:
+            if local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb", buffering=1 << 20) as f:
+                    _stream(f.write, header, [entries[i] for i in order])
+                    f.flush()
+                    os.fsync(f.fileno())
+                _fsync_dir(os.path.dirname(path))
+            else:
+                parent = fs._parent(path)
+                if parent:
+                    fs.makedirs(parent, exist_ok=True)
+                with fs.open(path, "wb") as f:
+                    _stream(_chunked(f.write), header, [entries[i] for i in order])
+        finally:
+            # The writer no longer needs the tensors; let the caller free them.
+            for e in entries:
+                e.produce = _gone
+            self._by_identity.clear()
+            self._storages.clear()
+            self._keepalive.clear()
+        self.written_bytes = len(header) + sum(e.nbytes for e in entries)
+        return [dataclasses.replace(ref, checksum=entries[i].checksum) for i, ref in self._refs]
+
+
+def _gone() -> tuple[memoryview, bool]:
+    raise AssertionError("entry bytes requested after write()")
+
+
+def _header(entries: list[_Entry]) -> bytes:
+    """The 8-byte header size and the JSON header, padded with spaces to 8 bytes."""
+    table: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    position = 0
+    for e in entries:
+        e.begin = position
+        position += e.nbytes
+        table[e.key] = {
+            "dtype": _CODES[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [e.begin, position],
+        }
+    text = json.dumps(table, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def _tensor_bytes(t: Any) -> tuple[memoryview, bool]:
+    import torch
+
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    c = t.to(device="cpu", memory_format=torch.contiguous_format)
+    copied = t.device.type != "cpu" or c.data_ptr() != t.data_ptr()
+    data: memoryview = c.reshape(-1).view(torch.uint8).numpy().data
+    return data, copied
+
+
+def _array_bytes(a: Any) -> tuple[memoryview, bool]:
+    import numpy as np
+
+    # Safetensors is little-endian; big-endian arrays are converted while written.
+    c = np.asarray(a, dtype=a.dtype.newbyteorder("<"), order="C")
+    data: memoryview = c.reshape(-1).view(np.uint8).data
+    return data, not np.shares_memory(c, a)
+
+
+def _storage_bytes(storage: Any, device: Any) -> tuple[memoryview, bool]:
+    import torch
+
+    flat = torch.empty(0, dtype=torch.uint8, device=device)
+    flat.set_(storage, 0, (storage.nbytes(),), (1,))
+    data: memoryview = flat.cpu().numpy().data
+    return data, flat.device.type != "cpu"
+
+
+def _stream(
+    write: Callable[[memoryview | bytes], object], header: bytes, entries: list[_Entry]
+) -> None:
+    """Write the header and each entry, checksumming big entries in a thread meanwhile."""
+    write(header)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperstate-xxh3") as pool:
+        pending: list[tuple[_Entry, Future[str]]] = []
+        copy_hashing: Future[str] | None = None
+        for e in entries:
+            if copy_hashing is not None and e.nbytes >= _THREAD_HASH_MIN:
+                # At most one temporary copy (CUDA, non-contiguous) waits for its hash.
+                copy_hashing.result()
+                copy_hashing = None
+            data, copied = e.produce()
+            if len(data) != e.nbytes:
+                raise BlobError(
+                    f"expected {e.nbytes} bytes, found {len(data)}: the tensor changed "
+                    "between add() and write()",
+                    None,
+                    e.key,
+                )
+            if e.nbytes >= _THREAD_HASH_MIN:
+                future = pool.submit(checksum, data)
+                pending.append((e, future))
+                if copied:
+                    copy_hashing = future
+            else:
+                e.checksum = checksum(data)
+            write(data)
+            del data
+        for e, future in pending:
+            e.checksum = future.result()
+
+
+def _chunked(write: Callable[[Any], object]) -> Callable[[memoryview | bytes], None]:
+    def chunked(data: memoryview | bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), _REMOTE_CHUNK):
+            write(view[start : start + _REMOTE_CHUNK])
+
+    return chunked
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_tensor(value: object) -> bool:
+    # torch is already imported wherever a tensor exists; never import it just to check.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _is_ndarray(value: object) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, np.ndarray)
+
+
+def _torch_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _align(dtype: str) -> int:
+    return min(_ITEMSIZE[dtype], 8)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class _Info:
+    """One entry of a blob file's header, checked."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute offsets in the file
+    end: int
+
+
+class BlobReader:
+    """Reads entries of one blob file on demand, checking each against its ref's checksum.
+
+    Args:
+        directory: the checkpoint directory, a local path or an fsspec URL.
+        file: the blob file relative to it. Absolute paths, ``..`` segments and
+            symlinks that lead outside ``directory`` are refused with a ``BlobError``.
+        verify: check each entry's bytes against the checksum in its ref (xxh3-64,
+            several GB/s). Turn off only for data you already trust.
+
+    Nothing is read until it is needed: first the header (checked: sizes, dtypes,
+    offsets within the file and not overlapping), then each entry at its first
+    :meth:`read`. Local files are memory-mapped copy-on-write: tensors are views of the
+    mapping (no copy), stay valid after the reader is gone, and writing to them never
+    changes the file. Remote files are read one entry's byte range at a time.
+
+    The reader returns the same object each time the same ref is read, and builds all
+    views of one entry on one tensor, so tied tensors stay tied.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], file: str, verify: bool = True) -> None:
+        self.directory = os.fspath(directory)
+        self.file = _check_relative(file)
+        self.verify = verify
+        self._fs, self._path, self._local = _resolve(self.directory, self.file)
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Info] | None = None
+        self._metadata: dict[str, str] = {}
+        self._mmap: mmap.mmap | None = None
+        self._raw: dict[str, Any] = {}  # key -> verified bytes (mmap or bytearray), offset
+        self._digests: dict[str, str] = {}
+        self._cache: dict[tuple[Any, ...], Any] = {}
+
+    def __repr__(self) -> str:
+        return f"BlobReader({self.directory!r}, {self.file!r}, verify={self.verify})"
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop this reader's mapping and caches; tensors already read stay valid."""
+        with self._lock:
+            self._raw.clear()
+            self._cache.clear()
+            # Never mmap.close(): torch.frombuffer keeps the mmap object alive but not a
+            # buffer export, so closing would unmap memory that tensors still use. The
+            # mapping goes when the last tensor viewing it does.
+            self._mmap = None
+            self._entries = None
+
+    def keys(self) -> list[str]:
+        """The entry names in the file, in file order."""
+        entries = self._header()
+        return sorted(entries, key=lambda key: entries[key].start)
+
+    def metadata(self) -> dict[str, str]:
+        """The file's ``__metadata__`` table (string to string)."""
+        self._header()
+        return dict(self._metadata)
+
+    def read(
+        self, ref: BlobRef, map_location: str | torch.device | None = None
+    ) -> torch.Tensor | np.ndarray[Any, Any]:
+        """The tensor (or numpy array, for ``kind="numpy"``) that ``ref`` points to.
+
+        Args:
+            ref: a ref into this reader's file.
+            map_location: the device to put a tensor on, as in ``torch.load``. By
+                default a tensor goes back to the device it was saved from
+                (``ref.device``) when that device exists here, else to the CPU. Ignored
+                for numpy arrays.
+
+        Raises:
+            BlobError: the ref names another file or a missing entry, does not fit the
+                entry, or the entry's bytes do not match the ref's checksum.
+        """
+        if ref.file != self.file:
+            raise BlobError(
+                f"expected a ref into {self.file!r}, found one into {ref.file!r}",
+                self.file,
+                ref.key,
+            )
+        with self._lock:
+            info = self._entry(ref)
+            # Checked on every read, so a ref with a wrong checksum never passes on the
+            # strength of an earlier read of the same entry.
+            self._bytes(ref, info)
+            if ref.kind == "numpy":
+                cache_key: tuple[Any, ...] = (ref.key, ref.dtype, ref.shape, "numpy")
+                found = self._cache.get(cache_key)
+                if found is None:
+                    found = self._cache[cache_key] = self._array(ref, info)
+                return found
+            device = _target_device(ref, map_location)
+            view = (ref.key, ref.dtype, ref.shape, ref.stride, ref.offset, str(device))
+            found = self._cache.get(view)
+            if found is None:
+                found = self._cache[view] = self._tensor(ref, info, device)
+            return found
+
+    # -- header ----------------------------------------------------------------------
+
+    def _header(self) -> dict[str, _Info]:
+        with self._lock:
+            if self._entries is None:
+                self._entries = self._read_header()
+            return self._entries
+
+    def _read_header(self) -> dict[str, _Info]:
+        if self._local:
+            try:
+                f = open(self._path, "rb")  # noqa: SIM115 - kept open only to map it
+            except FileNotFoundError:
+                raise BlobError("the blob file does not exist", self.file) from None
+            with f:
+                size = os.fstat(f.fileno()).st_size
+                first = f.read(8)
+                length = self._header_length(first, size)
+                text = f.read(length)
+                entries = self._parse_header(text, 8 + length, size)
+                # Copy-on-write: tensors can be written to; the file never changes.
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+            return entries
+        try:
+            size = int(self._fs.size(self._path))
+        except FileNotFoundError:
+            raise BlobError("the blob file does not exist", self.file) from None
+        first = self._fs.cat_file(self._path, 0, min(8, size)) if size else b""
+        length = self._header_length(first, size)
+        text = self._fs.cat_file(self._path, 8, 8 + length)
+        return self._parse_header(text, 8 + length, size)
+
+    def _header_length(self, first: bytes, size: int) -> int:
+        if len(first) < 8:
+            raise BlobError(
+                f"expected at least 8 bytes (the header size), found a file of {size} bytes "
+                "(truncated?)",
+                self.file,
+            )
+        length = int.from_bytes(first, "little")
+        if length > _MAX_HEADER:
+            raise BlobError(
+                f"expected a header of at most {_MAX_HEADER} bytes, found a header size of "
+                f"{length} (not a safetensors file, or corrupted)",
+                self.file,
+            )
+        if 8 + length > size:
+            raise BlobError(
+                f"expected a {length}-byte header, found only {size - 8} bytes after the "
+                "header size (truncated?)",
+                self.file,
+            )
+        return length
+
+    def _parse_header(self, text: bytes, data_start: int, size: int) -> dict[str, _Info]:
+        try:
+            table = json.loads(text, object_pairs_hook=_no_duplicates)
+        except (ValueError, RecursionError) as exc:
+            raise BlobError(
+                f"expected a JSON header, found invalid JSON ({exc})", self.file
+            ) from None
+        if not isinstance(table, dict):
+            raise BlobError(
+                f"expected a JSON object header, found {type(table).__name__}", self.file
+            )
+        metadata = table.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise BlobError("expected __metadata__ to map strings to strings", self.file)
+        self._metadata = metadata
+        entries: dict[str, _Info] = {}
+        for key, spec in table.items():
+            entries[key] = self._check_entry(key, spec, data_start, size)
+        spans = sorted((info.start, info.end, key) for key, info in entries.items())
+        for (_, end_a, key_a), (start_b, _, key_b) in itertools.pairwise(spans):
+            if start_b < end_a:
+                raise BlobError(
+                    f"expected entries not to overlap, found {key_a!r} and {key_b!r} sharing bytes",
+                    self.file,
+                )
+        return entries
+
+    def _check_entry(self, key: str, spec: object, data_start: int, size: int) -> _Info:
+        def bad(msg: str) -> BlobError:
+            return BlobError(msg, self.file, key)
+
+        if not isinstance(spec, dict):
+            raise bad(f"expected an object with dtype, shape and data_offsets, found {spec!r}")
+        code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+        if code not in _NAME_OF_CODE:
+            raise bad(f"expected a dtype among {sorted(_NAME_OF_CODE)}, found {code!r}")
+        shape = _int_tuple(shape, "shape", bad)
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(v) for v in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise bad(
+                f"expected data_offsets [begin, end] with 0 <= begin <= end, found {offsets!r}"
+            )
+        dtype = _NAME_OF_CODE[code]
+        expected = math.prod(shape) * _ITEMSIZE[dtype]
+        if offsets[1] - offsets[0] != expected:
+            raise bad(
+                f"expected {expected} bytes for {code} {list(shape)}, "
+                f"found data_offsets {offsets} ({offsets[1] - offsets[0]} bytes)"
+            )
+        start, end = data_start + offsets[0], data_start + offsets[1]
+        if end > size:
+            raise bad(
+                f"expected data within the file's {size} bytes, found it ending at byte "
+                f"{end} (truncated?)"
+            )
+        return _Info(dtype, shape, start, end)
+
+    # -- entries ---------------------------------------------------------------------
+
+    def _entry(self, ref: BlobRef) -> _Info:
+        entries = self._header()
+        info = entries.get(ref.key)
+        if info is None:
+            near = difflib.get_close_matches(ref.key, list(entries), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise BlobError(
+                f"expected an entry {ref.key!r}, found no such entry{hint}", self.file, ref.key
+            )
+        nbytes = info.end - info.start
+        itemsize = _ITEMSIZE[ref.dtype]
+        if ref.stride is None:
+            stored, extra = _STORED_AS.get(ref.dtype, (ref.dtype, None))
+            shape = (*ref.shape, extra) if extra else ref.shape
+            if stored != info.dtype or shape != info.shape:
+                raise BlobError(
+                    f"expected {_CODES[stored]} {list(shape)} for a {ref.dtype} ref, "
+                    f"found {_CODES[info.dtype]} {list(info.shape)}",
+                    self.file,
+                    ref.key,
+                )
+        elif math.prod(ref.shape) > 0:
+            last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
+            if (last + 1) * itemsize > nbytes:
+                raise BlobError(
+                    f"expected a view within the entry's {nbytes} bytes, found shape "
+                    f"{ref.shape} stride {ref.stride} offset {ref.offset} reaching byte "
+                    f"{(last + 1) * itemsize}",
+                    self.file,
+                    ref.key,
+                )
+        return info
+
+    def _bytes(self, ref: BlobRef, info: _Info) -> tuple[Any, int, int]:
+        """The entry's buffer, offset and length, checked against the ref's checksum."""
+        raw: tuple[Any, int, int] | None = self._raw.get(ref.key)
+        if raw is None:
+            nbytes = info.end - info.start
+            if self._local:
+                raw = (self._mmap, info.start, nbytes)
+            else:
+                data = self._fs.cat_file(self._path, info.start, info.end) if nbytes else b""
+                if len(data) != nbytes:
+                    raise BlobError(
+                        f"expected {nbytes} bytes, read {len(data)} (file changed or truncated?)",
+                        self.file,
+                        ref.key,
+                    )
+                # Writable, so the tensors built on it are too.
+                raw = (bytearray(data), 0, nbytes)
+            self._raw[ref.key] = raw
+        if self.verify and ref.checksum:
+            digest = self._digests.get(ref.key)
+            if digest is None:
+                buffer: Any = raw[0]
+                start, nbytes = raw[1], raw[2]
+                with memoryview(buffer) as whole, whole[start : start + nbytes] as part:
+                    digest = checksum(part)
+                self._digests[ref.key] = digest
+            if digest != ref.checksum:
+                raise BlobError(
+                    f"expected checksum {ref.checksum}, found {digest}: the entry's bytes are "
+                    "corrupted or the file was replaced",
+                    self.file,
+                    ref.key,
+                )
+        return raw
+
+    def _array(self, ref: BlobRef, info: _Info) -> np.ndarray[Any, Any]:
+        import numpy as np
+
+        if ref.dtype not in _NUMPY_NAMES:  # never let np.dtype() see another string
+            raise BlobError(f"numpy has no dtype {ref.dtype!r}", self.file, ref.key)
+        buffer, start, nbytes = self._bytes(ref, info)
+        dtype = np.dtype(ref.dtype).newbyteorder("<")
+        if nbytes == 0:
+            return np.empty(ref.shape, dtype=dtype)
+        flat = np.frombuffer(buffer, dtype=np.uint8, count=nbytes, offset=start)
+        if flat.ctypes.data % dtype.alignment:
+            flat = flat.copy()
+        array: np.ndarray[Any, Any] = flat.view(dtype).reshape(ref.shape)
+        return array
+
+    def _tensor(self, ref: BlobRef, info: _Info, device: torch.device) -> torch.Tensor:
+        import torch
+
+        dtype = _torch_dtype(ref.dtype, self.file, ref.key)
+        buffer, start, nbytes = self._bytes(ref, info)
+        base_key = (ref.key, "base", str(device))
+        base = self._cache.get(base_key)
+        if base is None:
+            if nbytes == 0:
+                base = torch.empty(0, dtype=torch.uint8)
+            else:
+                base = torch.frombuffer(buffer, dtype=torch.uint8, count=nbytes, offset=start)
+                if base.data_ptr() % max(_align(info.dtype), _align(ref.dtype)):
+                    base = base.clone()  # a file from another writer with unaligned entries
+            if device.type != "cpu":
+                base = base.to(device)
+            self._cache[base_key] = base
+        if ref.stride is None:
+            return base.view(dtype).reshape(ref.shape)
+        view = torch.empty(0, dtype=dtype, device=base.device)
+        return view.set_(base.untyped_storage(), ref.offset, ref.shape, ref.stride)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in table:
+            raise ValueError(f"duplicate key {key!r}")
+        table[key] = value
+    return table
+
+
+@functools.cache
+def _torch_dtypes() -> dict[str, torch.dtype]:
+    """Our dtype names that this torch has; looked up by our own constant names only."""
+    import torch
+
+    return {name: getattr(torch, name) for name in _ITEMSIZE if hasattr(torch, name)}
+
+
+def _torch_dtype(name: str, file: str, key: str) -> torch.dtype:
+    dtype = _torch_dtypes().get(name)
+    if dtype is None:
+        import torch
+
+        raise BlobError(f"this torch ({torch.__version__}) has no dtype {name}", file, key)
+    return dtype
+
+
+def _target_device(ref: BlobRef, map_location: str | torch.device | None) -> torch.device:
+    import torch
+
+    if map_location is not None:
+        return torch.device(map_location)
+    try:
+        saved = torch.device(ref.device)
+    except RuntimeError:
+        return torch.device("cpu")
+    if saved.type == "cpu":
+        return saved
+    index = saved.index or 0
+    if saved.type == "cuda":
+        available = torch.cuda.is_available() and index < torch.cuda.device_count()
+    else:
+        accelerator = getattr(torch, "accelerator", None)
+        current = accelerator.current_accelerator() if accelerator is not None else None
+        available = (
+            current is not None
+            and current.type == saved.type
+            and index < accelerator.device_count()  # type: ignore[union-attr]
+        )
+    return saved if available else torch.device("cpu")
