@@ -7,6 +7,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Dict, List, Literal, NewType, Optional, Tuple, Union
 
+import config_base
 import pytest
 
 import hyperstate
@@ -313,3 +314,14 @@ def test_unsupported_annotation_fails_early_naming_class_field_and_type() -> Non
 def test_load_rejects_non_dataclass() -> None:
     with pytest.raises(TypeError, match="expected a dataclass type, got int"):
         hyperstate.loads(int, "1")
+
+
+@dataclass
+class Derived(config_base.BaseConfig):
+    extra: int = 1
+
+
+def test_inherited_fields_resolve_in_the_base_class_module() -> None:
+    # `Mode` is not importable from this module: the base's own globals must be used.
+    got = hyperstate.loads(Derived, "Derived(mode: SLOW, extra: 2)")
+    assert got == Derived(mode=config_base.Mode.SLOW, extra=2)

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import enum
 import pathlib
-import sys
 import types
 import typing
 from collections.abc import Callable
@@ -248,12 +247,9 @@ class _Unsupported(Exception):
 
 def _resolve_fields(cls: type) -> tuple[Field, ...]:
     try:
-        hints = typing.get_type_hints(
-            cls,
-            globalns=vars(sys.modules[cls.__module__]) if cls.__module__ in sys.modules else None,
-            localns={cls.__name__: cls},
-            include_extras=True,
-        )
+        # No globalns: get_type_hints then resolves each base class's annotations in
+        # that base's own module, which matters for bases defined elsewhere.
+        hints = typing.get_type_hints(cls, localns={cls.__name__: cls}, include_extras=True)
     except NameError as e:
         raise TypeError(
             f"cannot resolve the annotations of {cls.__qualname__}: {e}; forward references "
