@@ -395,14 +395,31 @@ def _encode_array(obj: Any, path: Path, kind: str) -> Any:
     return node
 
 
+_INLINE_DTYPES = (
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+)
+
+
 def _decode_array(v: Struct, path: Path) -> Any:
     fields = v.fields
     if "value" in fields and "file" not in fields:
         import torch
 
-        dtype = getattr(torch, str(fields.get("dtype", "float32")), None)
-        if not isinstance(dtype, torch.dtype):
-            raise ConfigError([Issue(path, f"unknown tensor dtype {fields.get('dtype')!r}")])
+        name = fields.get("dtype", "float32")
+        if name not in _INLINE_DTYPES:  # a fixed list: never look up names from the file
+            raise ConfigError(
+                [Issue(path, f"expected a dtype among {', '.join(_INLINE_DTYPES)}, found {name!r}")]
+            )
+        dtype = getattr(torch, name)
         source = _SOURCE.get()
         device = _device(fields.get("device", "cpu"), source.map_location if source else None)
         return torch.tensor(fields["value"], dtype=dtype, device=device)

@@ -333,3 +333,16 @@ class Holder:
 def test_configs_without_tensors_write_no_blob_files(tmp_path: Path) -> None:
     hyperstate.dump(Holder([1, 2]), tmp_path / "state.ron")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.ron"]
+
+
+def test_inline_scalar_dtype_names_are_not_looked_up(tmp_path: Path) -> None:
+    @dataclass
+    class Scalar:
+        x: torch.Tensor
+
+    hyperstate.dump(Scalar(torch.tensor(3.0)), tmp_path / "state.ron")
+    text = (tmp_path / "state.ron").read_text()
+    assert 'dtype: "float32",\n        value: 3.0,' in text
+    (tmp_path / "state.ron").write_text(text.replace('"float32"', '"load"'))
+    with pytest.raises(hyperstate.ConfigError, match="expected a dtype among float64"):
+        hyperstate.load(Scalar, tmp_path / "state.ron")
