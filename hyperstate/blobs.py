@@ -37,10 +37,11 @@ paths from a ref or a header are checked against fixed tables before use.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import ctypes
 import difflib
 import functools
-import itertools
+import gc
 import json
 import math
 import mmap
@@ -48,7 +49,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -89,11 +90,11 @@ _CODES: dict[str, str] = {
 _NAME_OF_CODE = {code: name for name, code in _CODES.items()}
 
 # Dtypes safetensors cannot name, stored as an entry of another dtype with the same bytes:
-# (entry dtype, trailing dimension the entry adds). The ref keeps the real dtype.
-_STORED_AS: dict[str, tuple[str, int | None]] = {
+# (entry dtype, trailing dimension the entry adds or 0). The ref keeps the real dtype.
+_STORED_AS: dict[str, tuple[str, int]] = {
     "complex128": ("float64", 2),
     "complex32": ("float16", 2),
-    "float4_e2m1fn_x2": ("uint8", None),
+    "float4_e2m1fn_x2": ("uint8", 0),
 }
 
 _ITEMSIZE: dict[str, int] = {
@@ -188,7 +189,7 @@ def checksum(data: memoryview | bytes | bytearray) -> str:
     return "xxh3-64:" + xxhash.xxh3_64_hexdigest(data)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlobRef:
     """Where one tensor or array lives: an entry of a blob file, and how to view it.
 
@@ -313,20 +314,51 @@ def _resolve(directory: str | os.PathLike[str], file: str) -> tuple[Any, str, bo
 # ---------------------------------------------------------------------------------------
 # Writing
 
+# How an entry's bytes are produced when the file is written.
+_STORAGE, _TENSOR, _ARRAY = 0, 1, 2
 
-@dataclass(eq=False)
+
 class _Entry:
-    """One entry of the file being written."""
+    """One entry of the file being written (slots: a writer may hold many thousands)."""
 
-    key: str
-    dtype: str  # torch dtype name of the entry itself
-    shape: tuple[int, ...]
-    nbytes: int
-    produce: Callable[[], tuple[memoryview, bool]]  # its bytes, and whether they are a copy
-    begin: int = 0
-    checksum: str = ""
+    __slots__ = (
+        "begin",
+        "checksum",
+        "dtype",
+        "first",
+        "how",
+        "key",
+        "nbytes",
+        "ptr",
+        "shape",
+        "value",
+        "views",
+    )
 
-    @property
+    def __init__(
+        self,
+        key: str,
+        dtype: str,
+        shape: tuple[int, ...],
+        nbytes: int,
+        how: int,
+        value: Any,
+        first: BlobRef,
+        ptr: int = 0,
+    ) -> None:
+        self.key = key
+        self.dtype = dtype  # torch dtype name of the entry itself
+        self.shape = shape
+        self.nbytes = nbytes
+        self.how = how
+        self.value = value  # the tensor, or array, whose bytes these are
+        self.first = first  # the ref of the value that made this entry
+        # Further views of the same storage: (offset, shape, stride, dtype) -> ref.
+        self.views: dict[tuple[Any, ...], BlobRef] | None = None
+        self.ptr = ptr  # for _STORAGE: the storage address seen by add()
+        self.begin = 0
+        self.checksum = ""
+
     def align(self) -> int:
         return min(_ITEMSIZE[self.dtype], 8)
 
@@ -361,10 +393,13 @@ class BlobWriter:
         self.file = _check_relative(file)
         self.written_bytes = 0
         self._entries: list[_Entry] = []
-        self._refs: list[tuple[int, BlobRef]] = []  # per add() call: entry index, ref
-        self._by_identity: dict[tuple[Any, ...], tuple[int, BlobRef]] = {}
-        # (device, storage address) -> index of the entry holding that storage, its size
-        self._storages: dict[tuple[str, int], tuple[int, int]] = {}
+        # Per add() call, the ref returned and the entry it points into.
+        self._refs: list[BlobRef] = []
+        self._ref_entries: list[_Entry] = []
+        # Storage address (device, address off the CPU) -> the entry holding it.
+        self._storages: dict[Any, _Entry] = {}
+        # Entries of one value each (arrays, empty or conjugate tensors), by identity.
+        self._solo: dict[tuple[Any, ...], _Entry] = {}
         # Values deduplicated by id() must stay alive while their id is a key.
         self._keepalive: list[Any] = []
         self._keys: set[str] = {"__metadata__"}
@@ -385,106 +420,134 @@ class BlobWriter:
         if self._written:
             raise BlobError("add() after write(): a writer writes its file once", self.file)
         if _is_tensor(value):
-            return self._add_tensor(key_hint, value)
-        if _is_ndarray(value):
-            return self._add_array(key_hint, value)
-        raise TypeError(
-            f"expected a torch.Tensor or numpy.ndarray for {key_hint!r}, "
-            f"found {type(value).__name__}"
-        )
+            entry, ref = self._add_tensor(key_hint, value)
+        elif _is_ndarray(value):
+            entry, ref = self._add_array(key_hint, value)
+        else:
+            raise TypeError(
+                f"expected a torch.Tensor or numpy.ndarray for {key_hint!r}, "
+                f"found {type(value).__name__}"
+            )
+        self._refs.append(ref)
+        self._ref_entries.append(entry)
+        return ref
 
-    def _add_tensor(self, hint: str, value: Any) -> BlobRef:
+    def _add_tensor(self, hint: str, t: Any) -> tuple[_Entry, BlobRef]:
         import torch
 
-        t = value.detach()
-        if type(t) is not torch.Tensor or t.layout != torch.strided or t.is_quantized:
+        if (
+            type(t) not in (torch.Tensor, torch.nn.Parameter)
+            or t.layout != torch.strided
+            or t.is_quantized
+        ):
             raise BlobError(
-                f"expected a plain dense tensor for {hint!r}, found {type(value).__name__} "
+                f"expected a plain dense tensor for {hint!r}, found {type(t).__name__} "
                 f"with layout {t.layout}; convert it first (DTensor: .full_tensor() or "
                 ".to_local(), sparse: .to_dense())",
                 self.file,
             )
-        dtype = _torch_name(t.dtype)
+        dtype = _DTYPE_NAMES.get(t.dtype) or _torch_name(t.dtype)
         if dtype not in _ITEMSIZE:
             raise BlobError(f"cannot store {hint!r}: safetensors has no dtype {t.dtype}", self.file)
-        if t.device.type == "meta":
+        if t.is_meta:
             raise BlobError(f"cannot store {hint!r}: a meta tensor has no data", self.file)
-        device = str(t.device)
+        device = "cpu" if t.is_cpu else str(t.device)
         shape = tuple(t.shape)
         numel = t.numel()
         # Conjugate and negative views hold other values than their storage: they are
         # resolved when written, into an entry of their own.
         if numel == 0 or t.is_conj() or t.is_neg():
-            return self._add_solo(("solo", id(value)), value, hint, t, dtype, shape, device)
-        stride = tuple(t.stride())
-        offset = int(t.storage_offset())
+            return self._add_solo(("solo", id(t)), t, hint, dtype, shape, device, _TENSOR)
+        offset = t.storage_offset()
         storage = t.untyped_storage()
-        where = (device, storage.data_ptr())
-        identity = (*where, offset, shape, stride, dtype)
-        known = self._by_identity.get(identity)
-        if known is not None:
-            self._refs.append(known)
-            return known[1]
-        itemsize = _ITEMSIZE[dtype]
-        end = (offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)) + 1) * itemsize
+        address = storage.data_ptr()
+        where = address if device == "cpu" else (device, address)
         held = self._storages.get(where)
-        if held is not None:
-            index, nbytes = held
-            if end > nbytes:
-                # torch.from_numpy storages can share an address and differ in size.
-                return self._add_solo(identity, value, hint, t, dtype, shape, device)
-            ref = BlobRef(
-                self.file,
-                self._entries[index].key,
-                dtype,
-                shape,
-                stride=stride,
-                offset=offset,
-                device=device,
-            )
-            return self._remember(identity, index, ref)
-        nbytes = storage.nbytes()
+        if held is None:
+            return self._add_storage(hint, t, dtype, shape, device, where, storage.nbytes())
+        # Another view of a storage already added (or the same tensor again).
+        first = held.first
+        if (
+            first.dtype == dtype
+            and first.shape == shape
+            and offset == first.offset
+            and (t.is_contiguous() if first.stride is None else t.stride() == first.stride)
+        ):
+            return held, first
+        stride = t.stride()
+        view = (offset, shape, stride, dtype)
+        known = held.views.get(view) if held.views is not None else None
+        if known is not None:
+            return held, known
+        end = offset + 1
+        for n, s in zip(shape, stride, strict=True):
+            end += (n - 1) * s
+        if end * _ITEMSIZE[dtype] > held.nbytes:
+            # torch.from_numpy storages can share an address and differ in size.
+            return self._add_solo((where, *view), t, hint, dtype, shape, device, _TENSOR)
+        ref = _ref(self.file, held.key, dtype, shape, "torch", stride, offset, device)
+        if held.views is None:
+            held.views = {}
+        held.views[view] = ref
+        return held, ref
+
+    def _add_storage(
+        self,
+        hint: str,
+        t: Any,
+        dtype: str,
+        shape: tuple[int, ...],
+        device: str,
+        where: Any,
+        nbytes: int,
+    ) -> tuple[_Entry, BlobRef]:
+        """An entry holding a whole storage, first seen through ``t``."""
         key = self._unique_key(hint)
-        if offset == 0 and numel * itemsize == nbytes and t.is_contiguous():
-            stored, extra = _STORED_AS.get(dtype, (dtype, None))
+        itemsize = _ITEMSIZE[dtype]
+        offset = t.storage_offset()
+        if offset == 0 and t.numel() * itemsize == nbytes and t.is_contiguous():
+            # The tensor is the whole storage: the entry is just this tensor.
+            stored, extra = _STORED_AS.get(dtype, (dtype, 0))
             entry_shape = (*shape, extra) if extra else shape
-            ref = BlobRef(self.file, key, dtype, shape, device=device)
+            ref = _ref(self.file, key, dtype, shape, "torch", None, 0, device)
         else:
             stored = dtype if dtype in _CODES and nbytes % itemsize == 0 else "uint8"
             entry_shape = (nbytes // _ITEMSIZE[stored],)
-            ref = BlobRef(self.file, key, dtype, shape, stride=stride, offset=offset, device=device)
-        index = len(self._entries)
-        self._entries.append(
-            _Entry(key, stored, entry_shape, nbytes, lambda: _storage_bytes(storage, t.device))
-        )
-        self._storages[where] = (index, nbytes)
-        return self._remember(identity, index, ref)
+            ref = _ref(self.file, key, dtype, shape, "torch", t.stride(), offset, device)
+        address = where if isinstance(where, int) else where[1]
+        entry = _Entry(key, stored, entry_shape, nbytes, _STORAGE, t, ref, address)
+        self._entries.append(entry)
+        self._storages[where] = entry
+        return entry, ref
 
     def _add_solo(
         self,
         identity: tuple[Any, ...],
         value: Any,
         hint: str,
-        t: Any,
         dtype: str,
         shape: tuple[int, ...],
         device: str,
-    ) -> BlobRef:
-        """An entry holding just this tensor, made contiguous when written."""
-        known = self._by_identity.get(identity)
+        how: int,
+    ) -> tuple[_Entry, BlobRef]:
+        """An entry holding just this tensor or array, made contiguous when written."""
+        known = self._solo.get(identity)
         if known is not None:
-            self._refs.append(known)
-            return known[1]
-        self._keepalive.append(value)
+            return known, known.first
+        if identity[0] == "solo":
+            self._keepalive.append(value)
         key = self._unique_key(hint)
-        stored, extra = _STORED_AS.get(dtype, (dtype, None))
+        stored, extra = _STORED_AS.get(dtype, (dtype, 0))
         nbytes = math.prod(shape) * _ITEMSIZE[dtype]
         entry_shape = (*shape, extra) if extra else shape
-        index = len(self._entries)
-        self._entries.append(_Entry(key, stored, entry_shape, nbytes, lambda: _tensor_bytes(t)))
-        return self._remember(identity, index, BlobRef(self.file, key, dtype, shape, device=device))
+        kind = "numpy" if how == _ARRAY else "torch"
+        ref = _ref(self.file, key, dtype, shape, kind, None, 0, device)
+        entry = _Entry(key, stored, entry_shape, nbytes, how, value, ref)
+        self._entries.append(entry)
+        self._solo[identity] = entry
+        return entry, ref
 
-    def _add_array(self, hint: str, value: Any) -> BlobRef:
+    def _add_array(self, hint: str, value: Any) -> tuple[_Entry, BlobRef]:
         dtype = value.dtype.name
         if dtype not in _NUMPY_NAMES:
             raise BlobError(
@@ -498,26 +561,13 @@ class BlobWriter:
         else:
             address = value.__array_interface__["data"][0]
             identity = ("numpy", address, shape, value.strides, value.dtype.str)
-        known = self._by_identity.get(identity)
-        if known is not None:
-            self._refs.append(known)
-            return known[1]
-        self._keepalive.append(value)
-        key = self._unique_key(hint)
-        stored, extra = _STORED_AS.get(dtype, (dtype, None))
-        nbytes = value.size * _ITEMSIZE[dtype]
-        entry_shape = (*shape, extra) if extra else shape
-        index = len(self._entries)
-        self._entries.append(_Entry(key, stored, entry_shape, nbytes, lambda: _array_bytes(value)))
-        return self._remember(identity, index, BlobRef(self.file, key, dtype, shape, "numpy"))
-
-    def _remember(self, identity: tuple[Any, ...], index: int, ref: BlobRef) -> BlobRef:
-        self._by_identity[identity] = (index, ref)
-        self._refs.append((index, ref))
-        return ref
+        return self._add_solo(identity, value, hint, dtype, shape, "cpu", _ARRAY)
 
     def _unique_key(self, hint: str) -> str:
-        base = "".join(c if c.isprintable() else "_" for c in str(hint)) or "tensor"
+        base = str(hint)
+        if not base.isprintable():
+            base = "".join(c if c.isprintable() else "_" for c in base)
+        base = base or "tensor"
         key, n = base, 0
         while key in self._keys:
             n += 1
@@ -537,20 +587,16 @@ class BlobWriter:
         if self._written:
             raise BlobError("write() called twice", self.file)
         self._written = True
-        entries = self._entries
         # Wider dtypes first: each entry then starts aligned (the header is padded to 8),
         # as zero-copy views need. An entry whose size breaks that goes last in its group.
-        order = sorted(
-            range(len(entries)),
-            key=lambda i: (-entries[i].align, entries[i].nbytes % entries[i].align),
-        )
-        header = _header([entries[i] for i in order])
+        entries = sorted(self._entries, key=lambda e: (-e.align(), e.nbytes % e.align()))
+        header = _header(entries)
         fs, path, local = _resolve(self.directory, self.file)
         try:
             if local:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb", buffering=1 << 20) as f:
-                    _stream(f.write, header, [entries[i] for i in order])
+                    self._stream(f.write, header, entries)
                     f.flush()
                     os.fsync(f.fileno())
                 _fsync_dir(os.path.dirname(path))
@@ -559,46 +605,161 @@ class BlobWriter:
                 if parent:
                     fs.makedirs(parent, exist_ok=True)
                 with fs.open(path, "wb") as f:
-                    _stream(_chunked(f.write), header, [entries[i] for i in order])
+                    self._stream(_chunked(f.write), header, entries)
         finally:
             # The writer no longer needs the tensors; let the caller free them.
             for e in entries:
-                e.produce = _gone
-            self._by_identity.clear()
+                e.value = e.views = None
             self._storages.clear()
+            self._solo.clear()
             self._keepalive.clear()
         self.written_bytes = len(header) + sum(e.nbytes for e in entries)
-        return [dataclasses.replace(ref, checksum=entries[i].checksum) for i, ref in self._refs]
+        return [
+            _with_checksum(ref, e.checksum)
+            for ref, e in zip(self._refs, self._ref_entries, strict=True)
+        ]
+
+    def _stream(
+        self,
+        write: Callable[[Any], object],
+        header: bytearray,
+        entries: list[_Entry],
+    ) -> None:
+        """Write the header and each entry, checksumming big entries in a thread meanwhile."""
+        write(header)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperstate-xxh3") as pool:
+            pending: list[tuple[_Entry, Future[str]]] = []
+            copy_hashing: Future[str] | None = None
+            for e in entries:
+                big = e.nbytes >= _THREAD_HASH_MIN
+                if copy_hashing is not None and big:
+                    # At most one temporary copy (CUDA, conjugate) waits for its hash.
+                    copy_hashing.result()
+                    copy_hashing = None
+                data, copied = self._bytes_of(e)
+                if big:
+                    future = pool.submit(checksum, data)
+                    pending.append((e, future))
+                    if copied:
+                        copy_hashing = future
+                else:
+                    e.checksum = checksum(data)
+                write(data)
+                del data
+            for e, future in pending:
+                e.checksum = future.result()
+
+    def _bytes_of(self, e: _Entry) -> tuple[memoryview, bool]:
+        """The entry's bytes, and whether they are a temporary copy."""
+        if e.how == _STORAGE:
+            storage = e.value.untyped_storage()
+            if storage.data_ptr() != e.ptr or storage.nbytes() != e.nbytes:
+                raise BlobError(
+                    f"expected a storage of {e.nbytes} bytes at {e.ptr:#x}, found "
+                    f"{storage.nbytes()} bytes at {storage.data_ptr():#x}: the tensor was "
+                    "resized between add() and write()",
+                    self.file,
+                    e.key,
+                )
+            if e.value.is_cpu:
+                # A view of memory that the entry's tensor keeps alive until write()
+                # returns; cheaper per entry than any torch or numpy wrapper.
+                block = (ctypes.c_char * e.nbytes).from_address(e.ptr)
+                return memoryview(block).cast("B"), False
+            return _storage_bytes(storage, e.value.device)
+        data, copied = _tensor_bytes(e.value) if e.how == _TENSOR else _array_bytes(e.value)
+        if len(data) != e.nbytes:
+            raise BlobError(
+                f"expected {e.nbytes} bytes, found {len(data)}: the value changed between "
+                "add() and write()",
+                self.file,
+                e.key,
+            )
+        return data, copied
 
 
-def _gone() -> tuple[memoryview, bool]:
-    raise AssertionError("entry bytes requested after write()")
+def _ref(
+    file: str,
+    key: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    kind: str,
+    stride: tuple[int, ...] | None,
+    offset: int,
+    device: str,
+    checksum: str = "",
+) -> BlobRef:
+    """A ref from values the writer made itself, skipping the checks meant for file data.
+
+    A writer makes one or two refs per tensor, so this sets the slots directly.
+    """
+    ref = object.__new__(BlobRef)
+    _SET_FILE(ref, file)
+    _SET_KEY(ref, key)
+    _SET_DTYPE(ref, dtype)
+    _SET_SHAPE(ref, shape)
+    _SET_KIND(ref, kind)
+    _SET_STRIDE(ref, stride)
+    _SET_OFFSET(ref, offset)
+    _SET_CHECKSUM(ref, checksum)
+    _SET_DEVICE(ref, device)
+    return ref
 
 
-def _header(entries: list[_Entry]) -> bytes:
-    """The 8-byte header size and the JSON header, padded with spaces to 8 bytes."""
-    table: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+_SET_FILE, _SET_KEY, _SET_DTYPE, _SET_SHAPE, _SET_KIND = (
+    BlobRef.__dict__[name].__set__ for name in ("file", "key", "dtype", "shape", "kind")
+)
+_SET_STRIDE, _SET_OFFSET, _SET_CHECKSUM, _SET_DEVICE = (
+    BlobRef.__dict__[name].__set__ for name in ("stride", "offset", "checksum", "device")
+)
+
+
+def _with_checksum(ref: BlobRef, checksum: str) -> BlobRef:
+    return _ref(
+        ref.file,
+        ref.key,
+        ref.dtype,
+        ref.shape,
+        ref.kind,
+        ref.stride,
+        ref.offset,
+        ref.device,
+        checksum,
+    )
+
+
+def _header(entries: list[_Entry]) -> bytearray:
+    """The 8-byte header size and the JSON header, padded with spaces to 8 bytes.
+
+    Built in one growing buffer: with many small tensors the header is a sizable part
+    of what a save holds in memory, and joining pieces would hold it several times.
+    """
+    out = bytearray(8)
+    out += b'{"__metadata__":{"format":"pt"}'
     position = 0
+    quote = json.encoder.encode_basestring_ascii
     for e in entries:
         e.begin = position
         position += e.nbytes
-        table[e.key] = {
-            "dtype": _CODES[e.dtype],
-            "shape": list(e.shape),
-            "data_offsets": [e.begin, position],
-        }
-    text = json.dumps(table, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text
+        shape = ",".join(map(str, e.shape))
+        out += (
+            f',{quote(e.key)}:{{"dtype":"{_CODES[e.dtype]}","shape":[{shape}],'
+            f'"data_offsets":[{e.begin},{position}]}}'
+        ).encode()
+    out += b"}"
+    out += b" " * (-len(out) % 8)
+    out[:8] = (len(out) - 8).to_bytes(8, "little")
+    return out
 
 
 def _tensor_bytes(t: Any) -> tuple[memoryview, bool]:
     import torch
 
+    t = t.detach()
     if t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg()
     c = t.to(device="cpu", memory_format=torch.contiguous_format)
-    copied = t.device.type != "cpu" or c.data_ptr() != t.data_ptr()
+    copied = not t.is_cpu or c.data_ptr() != t.data_ptr()
     data: memoryview = c.reshape(-1).view(torch.uint8).numpy().data
     return data, copied
 
@@ -616,47 +777,13 @@ def _storage_bytes(storage: Any, device: Any) -> tuple[memoryview, bool]:
     import torch
 
     flat = torch.empty(0, dtype=torch.uint8, device=device)
-    flat.set_(storage, 0, (storage.nbytes(),), (1,))
+    flat.set_(storage)
     data: memoryview = flat.cpu().numpy().data
-    return data, flat.device.type != "cpu"
+    return data, True
 
 
-def _stream(
-    write: Callable[[memoryview | bytes], object], header: bytes, entries: list[_Entry]
-) -> None:
-    """Write the header and each entry, checksumming big entries in a thread meanwhile."""
-    write(header)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperstate-xxh3") as pool:
-        pending: list[tuple[_Entry, Future[str]]] = []
-        copy_hashing: Future[str] | None = None
-        for e in entries:
-            if copy_hashing is not None and e.nbytes >= _THREAD_HASH_MIN:
-                # At most one temporary copy (CUDA, non-contiguous) waits for its hash.
-                copy_hashing.result()
-                copy_hashing = None
-            data, copied = e.produce()
-            if len(data) != e.nbytes:
-                raise BlobError(
-                    f"expected {e.nbytes} bytes, found {len(data)}: the tensor changed "
-                    "between add() and write()",
-                    None,
-                    e.key,
-                )
-            if e.nbytes >= _THREAD_HASH_MIN:
-                future = pool.submit(checksum, data)
-                pending.append((e, future))
-                if copied:
-                    copy_hashing = future
-            else:
-                e.checksum = checksum(data)
-            write(data)
-            del data
-        for e, future in pending:
-            e.checksum = future.result()
-
-
-def _chunked(write: Callable[[Any], object]) -> Callable[[memoryview | bytes], None]:
-    def chunked(data: memoryview | bytes) -> None:
+def _chunked(write: Callable[[Any], object]) -> Callable[[Any], None]:
+    def chunked(data: Any) -> None:
         view = memoryview(data)
         for start in range(0, len(view), _REMOTE_CHUNK):
             write(view[start : start + _REMOTE_CHUNK])
@@ -684,25 +811,28 @@ def _is_ndarray(value: object) -> bool:
 
 
 def _torch_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    name = str(dtype).removeprefix("torch.")
+    _DTYPE_NAMES[dtype] = name
+    return name
 
 
-def _align(dtype: str) -> int:
-    return min(_ITEMSIZE[dtype], 8)
+_DTYPE_NAMES: dict[Any, str] = {}  # torch.dtype -> name, filled as dtypes are seen
 
 
 # ---------------------------------------------------------------------------------------
 # Reading
 
 
-@dataclass(frozen=True)
 class _Info:
     """One entry of a blob file's header, checked."""
 
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute offsets in the file
-    end: int
+    __slots__ = ("dtype", "end", "shape", "start")
+
+    def __init__(self, dtype: str, shape: tuple[int, ...], start: int, end: int) -> None:
+        self.dtype = dtype
+        self.shape = shape
+        self.start = start  # absolute offsets in the file
+        self.end = end
 
 
 class BlobReader:
@@ -715,14 +845,16 @@ class BlobReader:
         verify: check each entry's bytes against the checksum in its ref (xxh3-64,
             several GB/s). Turn off only for data you already trust.
 
-    Nothing is read until it is needed: first the header (checked: sizes, dtypes,
-    offsets within the file and not overlapping), then each entry at its first
-    :meth:`read`. Local files are memory-mapped copy-on-write: tensors are views of the
-    mapping (no copy), stay valid after the reader is gone, and writing to them never
-    changes the file. Remote files are read one entry's byte range at a time.
+    Nothing is read until it is needed: first the header (checked: its size, every
+    entry's dtype, shape and offsets, entries tiling the data exactly as safetensors
+    requires), then each entry at its first :meth:`read`. Local files are
+    memory-mapped copy-on-write: tensors are views of the mapping (no copy), stay valid
+    after the reader is gone, and writing to them never changes the file. Remote files
+    are read one entry's byte range at a time.
 
     The reader returns the same object each time the same ref is read, and builds all
-    views of one entry on one tensor, so tied tensors stay tied.
+    views of one entry on one storage, so tied tensors stay tied. It holds what it has
+    read until it is closed or dropped.
     """
 
     def __init__(self, directory: str | os.PathLike[str], file: str, verify: bool = True) -> None:
@@ -734,9 +866,11 @@ class BlobReader:
         self._entries: dict[str, _Info] | None = None
         self._metadata: dict[str, str] = {}
         self._mmap: mmap.mmap | None = None
-        self._raw: dict[str, Any] = {}  # key -> verified bytes (mmap or bytearray), offset
-        self._digests: dict[str, str] = {}
-        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._view: memoryview | None = None  # of the whole mapping, for checksums
+        self._fetched: dict[str, bytearray] = {}  # remote entries, by key
+        self._digests: dict[str, str] = {}  # checksums computed so far, by key
+        self._bases: dict[tuple[str, str], Any] = {}  # (key, device) -> entry's storage
+        self._results: dict[tuple[Any, ...], Any] = {}
 
     def __repr__(self) -> str:
         return f"BlobReader({self.directory!r}, {self.file!r}, verify={self.verify})"
@@ -750,12 +884,15 @@ class BlobReader:
     def close(self) -> None:
         """Drop this reader's mapping and caches; tensors already read stay valid."""
         with self._lock:
-            self._raw.clear()
-            self._cache.clear()
+            self._fetched.clear()
+            self._bases.clear()
+            self._results.clear()
+            if self._view is not None:
+                self._view.release()
             # Never mmap.close(): torch.frombuffer keeps the mmap object alive but not a
             # buffer export, so closing would unmap memory that tensors still use. The
             # mapping goes when the last tensor viewing it does.
-            self._mmap = None
+            self._view = self._mmap = None
             self._entries = None
 
     def keys(self) -> list[str]:
@@ -791,30 +928,48 @@ class BlobReader:
                 ref.key,
             )
         with self._lock:
-            info = self._entry(ref)
-            # Checked on every read, so a ref with a wrong checksum never passes on the
-            # strength of an earlier read of the same entry.
-            self._bytes(ref, info)
+            entries = self._header()
+            info = entries.get(ref.key)
+            if info is None:
+                near = difflib.get_close_matches(ref.key, list(entries), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise BlobError(
+                    f"expected an entry {ref.key!r}, found no such entry{hint}",
+                    self.file,
+                    ref.key,
+                )
             if ref.kind == "numpy":
-                cache_key: tuple[Any, ...] = (ref.key, ref.dtype, ref.shape, "numpy")
-                found = self._cache.get(cache_key)
-                if found is None:
-                    found = self._cache[cache_key] = self._array(ref, info)
-                return found
-            device = _target_device(ref, map_location)
-            view = (ref.key, ref.dtype, ref.shape, ref.stride, ref.offset, str(device))
-            found = self._cache.get(view)
+                device: Any = None
+                place = "numpy"
+            elif map_location is None and ref.device == "cpu":
+                device, place = _cpu(), "cpu"
+            else:
+                device = _target_device(ref.device, map_location)
+                place = str(device)
+            found_key = (ref.key, ref.dtype, ref.shape, ref.stride, ref.offset, place)
+            found = self._results.get(found_key)
             if found is None:
-                found = self._cache[view] = self._tensor(ref, info, device)
+                self._check_fit(ref, info)
+            # Every read checks its ref's checksum (computed once per entry), so a ref
+            # with a wrong one never passes on the strength of an earlier read.
+            self._verify(ref, info)
+            if found is None:
+                found = (
+                    self._array(ref, info) if device is None else self._tensor(ref, info, device)
+                )
+                self._results[found_key] = found
             return found
 
     # -- header ----------------------------------------------------------------------
 
     def _header(self) -> dict[str, _Info]:
-        with self._lock:
-            if self._entries is None:
-                self._entries = self._read_header()
-            return self._entries
+        entries = self._entries
+        if entries is None:
+            with self._lock:
+                if self._entries is None:
+                    self._entries = self._read_header()
+                entries = self._entries
+        return entries
 
     def _read_header(self) -> dict[str, _Info]:
         if self._local:
@@ -824,18 +979,17 @@ class BlobReader:
                 raise BlobError("the blob file does not exist", self.file) from None
             with f:
                 size = os.fstat(f.fileno()).st_size
-                first = f.read(8)
-                length = self._header_length(first, size)
-                text = f.read(length)
-                entries = self._parse_header(text, 8 + length, size)
+                length = self._header_length(f.read(8), size)
+                entries = self._parse_header(f.read(length), 8 + length, size)
                 # Copy-on-write: tensors can be written to; the file never changes.
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                self._view = memoryview(self._mmap)
             return entries
         try:
             size = int(self._fs.size(self._path))
         except FileNotFoundError:
             raise BlobError("the blob file does not exist", self.file) from None
-        first = self._fs.cat_file(self._path, 0, min(8, size)) if size else b""
+        first = self._fs.cat_file(self._path, 0, 8) if size >= 8 else b""
         length = self._header_length(first, size)
         text = self._fs.cat_file(self._path, 8, 8 + length)
         return self._parse_header(text, 8 + length, size)
@@ -863,8 +1017,15 @@ class BlobReader:
         return length
 
     def _parse_header(self, text: bytes, data_start: int, size: int) -> dict[str, _Info]:
+        # JSON makes a few objects per entry that are all freed right after; with the
+        # garbage collector on, they trigger full collections of the (large) heap of a
+        # training process, which cost more than the parse itself.
+        with _gc_paused():
+            return self._parse_table(text, data_start, size)
+
+    def _parse_table(self, text: bytes, data_start: int, size: int) -> dict[str, _Info]:
         try:
-            table = json.loads(text, object_pairs_hook=_no_duplicates)
+            table = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise BlobError(
                 f"expected a JSON header, found invalid JSON ({exc})", self.file
@@ -879,65 +1040,87 @@ class BlobReader:
         self._metadata = metadata
         entries: dict[str, _Info] = {}
         for key, spec in table.items():
-            entries[key] = self._check_entry(key, spec, data_start, size)
-        spans = sorted((info.start, info.end, key) for key, info in entries.items())
-        for (_, end_a, key_a), (start_b, _, key_b) in itertools.pairwise(spans):
-            if start_b < end_a:
+            try:
+                code, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+                dtype = _NAME_OF_CODE[code]
+                nbytes = _ITEMSIZE[dtype]
+                for n in shape:
+                    if type(n) is not int or n < 0:
+                        raise TypeError
+                    nbytes *= n
+                if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+                    raise TypeError
+            except (TypeError, KeyError, ValueError):
+                raise self._bad_entry(key, spec) from None
+            if end - begin != nbytes:
                 raise BlobError(
-                    f"expected entries not to overlap, found {key_a!r} and {key_b!r} sharing bytes",
+                    f"expected {nbytes} bytes for {code} {shape}, found data_offsets "
+                    f"[{begin}, {end}] ({end - begin} bytes)",
                     self.file,
+                    key,
                 )
+            if data_start + end > size:
+                raise BlobError(
+                    f"expected data within the file's {size} bytes, found it ending at "
+                    f"byte {data_start + end} (truncated?)",
+                    self.file,
+                    key,
+                )
+            entries[key] = _Info(dtype, tuple(shape), data_start + begin, data_start + end)
+        self._check_tiling(entries, size - data_start, data_start)
         return entries
 
-    def _check_entry(self, key: str, spec: object, data_start: int, size: int) -> _Info:
-        def bad(msg: str) -> BlobError:
-            return BlobError(msg, self.file, key)
-
+    def _bad_entry(self, key: str, spec: object) -> BlobError:
+        """Say precisely what is wrong with an entry the fast path refused."""
         if not isinstance(spec, dict):
-            raise bad(f"expected an object with dtype, shape and data_offsets, found {spec!r}")
-        code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        if code not in _NAME_OF_CODE:
-            raise bad(f"expected a dtype among {sorted(_NAME_OF_CODE)}, found {code!r}")
-        shape = _int_tuple(shape, "shape", bad)
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_int(v) for v in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
+            msg = f"expected an object with dtype, shape and data_offsets, found {spec!r}"
+        elif spec.get("dtype") not in _NAME_OF_CODE:
+            msg = f"expected a dtype among {sorted(_NAME_OF_CODE)}, found {spec.get('dtype')!r}"
+        elif not isinstance(spec.get("shape"), list) or not all(
+            _is_int(n) and n >= 0 for n in spec["shape"]
         ):
-            raise bad(
-                f"expected data_offsets [begin, end] with 0 <= begin <= end, found {offsets!r}"
+            msg = f"expected shape as a list of non-negative ints, found {spec.get('shape')!r}"
+        else:
+            msg = (
+                "expected data_offsets [begin, end] with 0 <= begin <= end, found "
+                f"{spec.get('data_offsets')!r}"
             )
-        dtype = _NAME_OF_CODE[code]
-        expected = math.prod(shape) * _ITEMSIZE[dtype]
-        if offsets[1] - offsets[0] != expected:
-            raise bad(
-                f"expected {expected} bytes for {code} {list(shape)}, "
-                f"found data_offsets {offsets} ({offsets[1] - offsets[0]} bytes)"
+        return BlobError(msg, self.file, key)
+
+    def _check_tiling(self, entries: dict[str, _Info], data_size: int, data_start: int) -> None:
+        """Entries must cover the data exactly, as safetensors requires: no overlap, no gap.
+
+        A gap would also hide an entry dropped by a duplicate key in the JSON.
+        """
+        position = data_start
+        previous = None
+        for key, info in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
+            if info.start < position:
+                raise BlobError(
+                    f"expected entries not to overlap, found {previous!r} and {key!r} "
+                    "sharing bytes",
+                    self.file,
+                )
+            if info.start > position:
+                raise BlobError(
+                    f"expected entries to cover the data without gaps, found "
+                    f"{info.start - position} unused bytes before {key!r}",
+                    self.file,
+                )
+            position, previous = info.end, key
+        if position != data_start + data_size:
+            raise BlobError(
+                f"expected the data to end at byte {position}, found a file of "
+                f"{data_start + data_size} bytes",
+                self.file,
             )
-        start, end = data_start + offsets[0], data_start + offsets[1]
-        if end > size:
-            raise bad(
-                f"expected data within the file's {size} bytes, found it ending at byte "
-                f"{end} (truncated?)"
-            )
-        return _Info(dtype, shape, start, end)
 
     # -- entries ---------------------------------------------------------------------
 
-    def _entry(self, ref: BlobRef) -> _Info:
-        entries = self._header()
-        info = entries.get(ref.key)
-        if info is None:
-            near = difflib.get_close_matches(ref.key, list(entries), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise BlobError(
-                f"expected an entry {ref.key!r}, found no such entry{hint}", self.file, ref.key
-            )
-        nbytes = info.end - info.start
-        itemsize = _ITEMSIZE[ref.dtype]
+    def _check_fit(self, ref: BlobRef, info: _Info) -> None:
+        """The ref's view must lie within the entry (a ref is data from a file)."""
         if ref.stride is None:
-            stored, extra = _STORED_AS.get(ref.dtype, (ref.dtype, None))
+            stored, extra = _STORED_AS.get(ref.dtype, (ref.dtype, 0))
             shape = (*ref.shape, extra) if extra else ref.shape
             if stored != info.dtype or shape != info.shape:
                 raise BlobError(
@@ -947,64 +1130,67 @@ class BlobReader:
                     ref.key,
                 )
         elif math.prod(ref.shape) > 0:
+            nbytes = info.end - info.start
             last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
-            if (last + 1) * itemsize > nbytes:
+            reach = (last + 1) * _ITEMSIZE[ref.dtype]
+            if reach > nbytes:
                 raise BlobError(
                     f"expected a view within the entry's {nbytes} bytes, found shape "
-                    f"{ref.shape} stride {ref.stride} offset {ref.offset} reaching byte "
-                    f"{(last + 1) * itemsize}",
+                    f"{ref.shape} stride {ref.stride} offset {ref.offset} reaching byte {reach}",
                     self.file,
                     ref.key,
                 )
-        return info
 
-    def _bytes(self, ref: BlobRef, info: _Info) -> tuple[Any, int, int]:
-        """The entry's buffer, offset and length, checked against the ref's checksum."""
-        raw: tuple[Any, int, int] | None = self._raw.get(ref.key)
-        if raw is None:
+    def _buffer(self, key: str, info: _Info) -> tuple[Any, int]:
+        """A buffer holding the entry's bytes, and where they start in it."""
+        if self._local:
+            return self._mmap, info.start
+        data = self._fetched.get(key)
+        if data is None:
             nbytes = info.end - info.start
-            if self._local:
-                raw = (self._mmap, info.start, nbytes)
-            else:
-                data = self._fs.cat_file(self._path, info.start, info.end) if nbytes else b""
-                if len(data) != nbytes:
-                    raise BlobError(
-                        f"expected {nbytes} bytes, read {len(data)} (file changed or truncated?)",
-                        self.file,
-                        ref.key,
-                    )
-                # Writable, so the tensors built on it are too.
-                raw = (bytearray(data), 0, nbytes)
-            self._raw[ref.key] = raw
-        if self.verify and ref.checksum:
-            digest = self._digests.get(ref.key)
-            if digest is None:
-                buffer: Any = raw[0]
-                start, nbytes = raw[1], raw[2]
-                with memoryview(buffer) as whole, whole[start : start + nbytes] as part:
-                    digest = checksum(part)
-                self._digests[ref.key] = digest
-            if digest != ref.checksum:
+            raw = self._fs.cat_file(self._path, info.start, info.end) if nbytes else b""
+            if len(raw) != nbytes:
                 raise BlobError(
-                    f"expected checksum {ref.checksum}, found {digest}: the entry's bytes are "
-                    "corrupted or the file was replaced",
+                    f"expected {nbytes} bytes, read {len(raw)} (file changed or truncated?)",
                     self.file,
-                    ref.key,
+                    key,
                 )
-        return raw
+            # Writable, so the tensors built on it are too.
+            data = self._fetched[key] = bytearray(raw)
+        return data, 0
+
+    def _verify(self, ref: BlobRef, info: _Info) -> None:
+        if not self.verify or not ref.checksum:
+            return
+        digest = self._digests.get(ref.key)
+        if digest is None:
+            if self._local:
+                assert self._view is not None
+                digest = checksum(self._view[info.start : info.end])
+            else:
+                digest = checksum(self._buffer(ref.key, info)[0])
+            self._digests[ref.key] = digest
+        if digest != ref.checksum:
+            raise BlobError(
+                f"expected checksum {ref.checksum}, found {digest}: the entry's bytes are "
+                "corrupted or the file was replaced",
+                self.file,
+                ref.key,
+            )
 
     def _array(self, ref: BlobRef, info: _Info) -> np.ndarray[Any, Any]:
         import numpy as np
 
         if ref.dtype not in _NUMPY_NAMES:  # never let np.dtype() see another string
             raise BlobError(f"numpy has no dtype {ref.dtype!r}", self.file, ref.key)
-        buffer, start, nbytes = self._bytes(ref, info)
         dtype = np.dtype(ref.dtype).newbyteorder("<")
+        nbytes = info.end - info.start
         if nbytes == 0:
             return np.empty(ref.shape, dtype=dtype)
+        buffer, start = self._buffer(ref.key, info)
         flat = np.frombuffer(buffer, dtype=np.uint8, count=nbytes, offset=start)
         if flat.ctypes.data % dtype.alignment:
-            flat = flat.copy()
+            flat = flat.copy()  # a file from another writer with unaligned entries
         array: np.ndarray[Any, Any] = flat.view(dtype).reshape(ref.shape)
         return array
 
@@ -1012,32 +1198,55 @@ class BlobReader:
         import torch
 
         dtype = _torch_dtype(ref.dtype, self.file, ref.key)
-        buffer, start, nbytes = self._bytes(ref, info)
-        base_key = (ref.key, "base", str(device))
-        base = self._cache.get(base_key)
+        place = (ref.key, str(device))
+        base: torch.Tensor | None = self._bases.get(place)
+        if ref.stride is None and base is None:
+            # The common case: the entry is exactly this tensor.
+            tensor: torch.Tensor = self._load(ref.key, info, dtype, device)
+            self._bases[place] = tensor
+            return tensor.view(ref.shape) if tensor.shape != ref.shape else tensor
         if base is None:
-            if nbytes == 0:
-                base = torch.empty(0, dtype=torch.uint8)
-            else:
-                base = torch.frombuffer(buffer, dtype=torch.uint8, count=nbytes, offset=start)
-                if base.data_ptr() % max(_align(info.dtype), _align(ref.dtype)):
-                    base = base.clone()  # a file from another writer with unaligned entries
-            if device.type != "cpu":
-                base = base.to(device)
-            self._cache[base_key] = base
-        if ref.stride is None:
-            return base.view(dtype).reshape(ref.shape)
+            base = self._bases[place] = self._load(ref.key, info, torch.uint8, device)
+        # Another ref into an entry already loaded: a view of the same storage, so the
+        # two stay tied.
+        stride = _contiguous(ref.shape) if ref.stride is None else ref.stride
         view = torch.empty(0, dtype=dtype, device=base.device)
-        return view.set_(base.untyped_storage(), ref.offset, ref.shape, ref.stride)
+        return view.set_(base.untyped_storage(), ref.offset, ref.shape, stride)
+
+    def _load(self, key: str, info: _Info, dtype: torch.dtype, device: torch.device) -> Any:
+        """A 1-d tensor of the entry's bytes as ``dtype``, on ``device``."""
+        import torch
+
+        nbytes = info.end - info.start
+        if nbytes == 0:
+            return torch.empty(0, dtype=dtype, device=device)
+        buffer, start = self._buffer(key, info)
+        itemsize = dtype.itemsize
+        tensor = torch.frombuffer(buffer, dtype=dtype, count=nbytes // itemsize, offset=start)
+        if tensor.data_ptr() % min(itemsize, 8):
+            tensor = tensor.clone()  # a file from another writer with unaligned entries
+        if device.type != "cpu":
+            tensor = tensor.to(device)
+        return tensor
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in table:
-            raise ValueError(f"duplicate key {key!r}")
-        table[key] = value
-    return table
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride, step = [], 1
+    for n in reversed(shape):
+        stride.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(stride))
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @functools.cache
@@ -1057,18 +1266,25 @@ def _torch_dtype(name: str, file: str, key: str) -> torch.dtype:
     return dtype
 
 
-def _target_device(ref: BlobRef, map_location: str | torch.device | None) -> torch.device:
+@functools.cache
+def _cpu() -> torch.device:
     import torch
 
-    if map_location is not None:
-        return torch.device(map_location)
+    return torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=64)
+def _saved_device(name: str) -> torch.device:
+    """The device a tensor was saved from if this process has it, else the CPU."""
+    import torch
+
     try:
-        saved = torch.device(ref.device)
+        saved = torch.device(name)
     except RuntimeError:
-        return torch.device("cpu")
+        return _cpu()
+    index = saved.index or 0
     if saved.type == "cpu":
         return saved
-    index = saved.index or 0
     if saved.type == "cuda":
         available = torch.cuda.is_available() and index < torch.cuda.device_count()
     else:
@@ -1079,4 +1295,12 @@ def _target_device(ref: BlobRef, map_location: str | torch.device | None) -> tor
             and current.type == saved.type
             and index < accelerator.device_count()  # type: ignore[union-attr]
         )
-    return saved if available else torch.device("cpu")
+    return saved if available else _cpu()
+
+
+def _target_device(saved: str, map_location: str | torch.device | None) -> torch.device:
+    import torch
+
+    if map_location is None:
+        return _saved_device(saved)
+    return torch.device(map_location)

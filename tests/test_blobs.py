@@ -400,6 +400,30 @@ def test_overlapping_entries(tmp_path: Path) -> None:
         BlobReader(tmp_path, FILE).keys()
 
 
+def test_entries_must_tile_the_data(tmp_path: Path) -> None:
+    entry = {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}
+    craft(tmp_path / FILE, {"x": entry}, data=bytes(3))
+    with pytest.raises(BlobError, match="expected the data to end at byte"):
+        BlobReader(tmp_path, FILE).keys()
+    gap = {"dtype": "U8", "shape": [2], "data_offsets": [3, 5]}
+    craft(tmp_path / FILE, {"x": entry, "y": gap}, data=bytes(5))
+    with pytest.raises(BlobError, match="1 unused bytes before 'y'"):
+        BlobReader(tmp_path, FILE).keys()
+
+
+def test_a_duplicate_key_cannot_hide_an_entry(tmp_path: Path) -> None:
+    # JSON keeps the last of two equal keys; the bytes of the first then cover nothing.
+    text = (
+        b'{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},'
+        b'"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}'
+    )
+    text += b" " * (-len(text) % 8)
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / FILE).write_bytes(len(text).to_bytes(8, "little") + text + bytes(4))
+    with pytest.raises(BlobError, match="unused bytes before 'a'"):
+        BlobReader(tmp_path, FILE).keys()
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -418,9 +442,7 @@ def test_malformed_headers(tmp_path: Path, table: dict[str, Any], message: str) 
         BlobReader(tmp_path, FILE).keys()
 
 
-@pytest.mark.parametrize(
-    "text", [b"[1, 2]    ", b"{not json}", b'{"a": 1, "a": 2}', b"\xff\xfe    "]
-)
+@pytest.mark.parametrize("text", [b"[1, 2]    ", b"{not json}", b"\xff\xfe    ", b"[" * 100_000])
 def test_headers_that_are_not_json_objects(tmp_path: Path, text: bytes) -> None:
     (tmp_path / "blobs").mkdir()
     (tmp_path / FILE).write_bytes(len(text).to_bytes(8, "little") + text)
@@ -575,20 +597,6 @@ def test_map_location_and_recorded_device(tmp_path: Path) -> None:
         from_gpu = reader.read(dataclasses.replace(ref, device="cuda:3"))
         assert isinstance(from_gpu, torch.Tensor) and from_gpu.device.type == "cpu"
         assert torch.equal(from_gpu, torch.arange(4.0))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_tensors_round_trip(tmp_path: Path) -> None:
-    w = torch.randn(64, 64, device="cuda")
-    refs = write(tmp_path, {"w": w, "w_t": w.t(), "cpu": torch.ones(3)})
-    assert refs[0].device == str(w.device)
-    reader = BlobReader(tmp_path, FILE)
-    w2, w_t2 = reader.read(refs[0]), reader.read(refs[1])
-    assert isinstance(w2, torch.Tensor) and isinstance(w_t2, torch.Tensor)
-    assert w2.device == w.device and torch.equal(w2, w) and torch.equal(w_t2, w.t())
-    w2.zero_()
-    assert w_t2.abs().sum().item() == 0
-    assert reader.read(refs[0], map_location="cpu").device.type == "cpu"  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------------------

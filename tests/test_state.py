@@ -346,3 +346,22 @@ def test_inline_scalar_dtype_names_are_not_looked_up(tmp_path: Path) -> None:
     (tmp_path / "state.ron").write_text(text.replace('"float32"', '"load"'))
     with pytest.raises(hyperstate.ConfigError, match="expected a dtype among float64"):
         hyperstate.load(Scalar, tmp_path / "state.ron")
+
+
+@dataclass
+class ScalerState:
+    scaler: torch.amp.GradScaler
+
+
+def test_grad_scaler_state_is_restored_into_the_initial_object(tmp_path: Path) -> None:
+    def fresh(config: Any) -> ScalerState:
+        return ScalerState(torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7))
+
+    state = fresh(None)
+    state.scaler.scale(torch.ones(1))  # creates the scale tensor, as a training step does
+    state.scaler.update(new_scale=256.0)
+    hyperstate.dump(state, tmp_path / "state.ron")
+    text = (tmp_path / "state.ron").read_text()
+    assert '"scale": 256.0,' in text and '"growth_interval": 7,' in text
+    restored = hyperstate.load(ScalerState, tmp_path / "state.ron", initial_state=fresh)
+    assert restored.scaler.get_scale() == 256.0
