@@ -16,7 +16,7 @@ import difflib
 import enum
 import pathlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from hyperstate.errors import ConfigError, Issue, PathSegment
 from hyperstate.ron import Ident, Some, Struct, TupleStruct
@@ -49,7 +49,6 @@ __all__ = [
     "to_value",
 ]
 
-T = TypeVar("T")
 Path = tuple[PathSegment, ...]
 
 

@@ -339,11 +339,6 @@ def reading_blobs(
         _SOURCE.reset(token)
 
 
-def current_source() -> _Source | None:
-    """The active read context (for lazy fields, which resolve after load returns)."""
-    return _SOURCE.get()
-
-
 # ---------------------------------------------------------------------------------------
 # Tensors and arrays <-> reference records
 
