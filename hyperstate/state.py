@@ -29,10 +29,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from hyperstate.errors import ConfigError, HyperstateError, Issue, PathSegment
+from hyperstate import ron
+from hyperstate.errors import ConfigError, HyperstateError, Issue, PathSegment, format_path
 from hyperstate.ron import Struct
 from hyperstate.schema import types as t
-from hyperstate.serde import Hooks
+from hyperstate.serde import Hooks, describe, from_value, plain, to_value
 
 __all__ = [
     "Blob",
@@ -184,13 +185,10 @@ class BlobType(t.SchemaType):
 
     def encoder(self) -> Callable[[Any, Path, bool], Any]:
         def enc(obj: Any, path: Path, elide: bool) -> Any:
-            from hyperstate import ron
-            from hyperstate.serde import to_value
-
-            text = ron.dumps(to_value(obj, self.inner, elide_defaults=elide))
             import numpy as np
 
-            data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
+            text = ron.dumps(to_value(obj, self.inner, elide_defaults=elide))
+            data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
             ref = _encode_array(data, path, "numpy")
             return Struct("Blob", {"ron": ref})
 
@@ -198,9 +196,6 @@ class BlobType(t.SchemaType):
 
     def decoder(self) -> Callable[[Any, Path, Any], Any]:
         def dec(v: Any, path: Path, cx: Any) -> Any:
-            from hyperstate import ron
-            from hyperstate.serde import from_value
-
             if type(v) is not Struct or v.name != "Blob" or "ron" not in v.fields:
                 return cx.fail(path, f"expected Blob(ron: Tensor(...)), found {_describe(v)}")
             data = _decode_array(v.fields["ron"], path)
@@ -459,8 +454,6 @@ def _key_hint(path: Path) -> str:
 
 
 def _encode_plain(obj: Any, path: Path) -> Any:
-    from hyperstate.serde import to_value
-
     return _encode_any_with_arrays(obj, path, to_value)
 
 
@@ -504,8 +497,6 @@ def _decode_plain(v: Any, path: Path) -> Any:
         return [_decode_plain(x, (*path, i)) for i, x in enumerate(v)]
     if tv is tuple:
         return tuple(_decode_plain(x, (*path, i)) for i, x in enumerate(v))
-    from hyperstate.serde import plain
-
     return plain(v)
 
 
@@ -614,12 +605,8 @@ Hooks.pending = lazy_field
 
 
 def _describe(v: Any) -> str:
-    from hyperstate.serde import describe
-
     return describe(v)
 
 
 def _fmt(path: Path) -> str:
-    from hyperstate.errors import format_path
-
     return format_path(path)
