@@ -1,0 +1,795 @@
+"""Checkpoint directories on any fsspec filesystem: layout, commit protocol, retention.
+
+A checkpoint is a directory ``<root>/step-000000012000/`` holding any files (``config.ron``,
+``state.ron``, ``blobs/rank-00000.safetensors``, ...) and, written last, ``COMMITTED``: a
+small RON document listing every file with its size and checksum. A directory without
+``COMMITTED`` is not a checkpoint, on every backend: object stores have no atomic directory
+rename, so the marker is the contract. On local disk every file and directory is fsync'd
+before the marker, and the marker itself is written with tmp + rename + fsync.
+
+Several writers (ranks) may contribute files before one commit: each writes its files into
+the pending directory and reports ``(path, size, checksum)``; the one that commits records
+them all and writes ``COMMITTED``.
+
+>>> import tempfile
+>>> store = CheckpointStore(tempfile.mkdtemp())
+>>> pending = store.begin(12000)
+>>> _ = pending.write_file("state.ron", b"State(step: 12000)")
+>>> info = pending.commit()
+>>> info.path.endswith("step-000000012000"), sorted(info.manifest.files)
+(True, ['state.ron'])
+>>> store.latest().number, store.verify(store.latest())
+(12000, [])
+
+This module knows nothing of configs, states or tensors; it moves files and keeps books.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime
+import errno
+import logging
+import math
+import os
+import posixpath
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import xxhash
+
+from hyperstate import _fs, ron
+from hyperstate.blobs import checksum
+from hyperstate.errors import HyperstateError
+
+__all__ = [
+    "COMMITTED",
+    "FORMAT_VERSION",
+    "CheckpointInfo",
+    "CheckpointStore",
+    "FileEntry",
+    "Manifest",
+    "PendingCheckpoint",
+    "Problem",
+    "RetentionPolicy",
+    "RetryPolicy",
+    "StorageError",
+]
+
+COMMITTED = "COMMITTED"
+"""Name of the marker file that makes a directory a checkpoint."""
+
+FORMAT_VERSION = 1
+"""Version of the checkpoint layout written into ``COMMITTED``."""
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_CHUNK = 8 << 20
+# OSErrors that retrying cannot fix: the caller asked for something that is not there or
+# not allowed. Everything else from a remote filesystem (timeouts, throttling, 5xx) is
+# treated as transient.
+_PERMANENT = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
+
+
+class StorageError(HyperstateError):
+    """A storage operation failed: which operation, on which file, and why.
+
+    Attributes:
+        operation: what was being done (``"write"``, ``"commit"``, ``"read manifest"``...).
+        path: the file or directory, as a URL or local path.
+        reason: what went wrong.
+    """
+
+    def __init__(self, operation: str, path: str, reason: str) -> None:
+        self.operation = operation
+        self.path = path
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.path}: {self.reason}"
+
+    def __reduce__(self) -> tuple[type[StorageError], tuple[str, str, str]]:
+        return (type(self), (self.operation, self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient errors of a remote filesystem are retried: exponential backoff.
+
+    ``attempts`` counts the first try; the delay before try ``k`` (from 1) is
+    ``min(initial_delay * factor ** (k - 1), max_delay)``.
+    """
+
+    attempts: int = 5
+    initial_delay: float = 0.1
+    factor: float = 2.0
+    max_delay: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy.attempts must be at least 1, got {self.attempts}")
+
+    def delays(self) -> Iterable[float]:
+        """The sleeps between tries, one fewer than ``attempts``."""
+        for k in range(self.attempts - 1):
+            yield min(self.initial_delay * self.factor**k, self.max_delay)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a checkpoint as recorded in ``COMMITTED``."""
+
+    size: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The content of ``COMMITTED``: every file of the checkpoint, and when it was made.
+
+    ``files`` maps paths relative to the checkpoint directory (``/``-separated) to their
+    :class:`FileEntry`.
+    """
+
+    number: int
+    files: Mapping[str, FileEntry]
+    created: str
+    format: int = FORMAT_VERSION
+
+    def dumps(self) -> str:
+        """The RON text written to ``COMMITTED``."""
+        files = {
+            name: ron.Struct("File", {"size": e.size, "checksum": e.checksum})
+            for name, e in sorted(self.files.items())
+        }
+        fields = {
+            "format": self.format,
+            "number": self.number,
+            "created": self.created,
+            "files": files,
+        }
+        return ron.dumps(ron.Struct("Committed", fields)) + "\n"
+
+    @classmethod
+    def loads(cls, text: str, where: str = "<string>") -> Manifest:
+        """Parse ``COMMITTED`` text; a malformed one raises :class:`StorageError`."""
+
+        def bad(reason: str) -> StorageError:
+            return StorageError("read manifest", where, reason)
+
+        try:
+            value = ron.loads(text)
+        except HyperstateError as exc:
+            raise bad(str(exc)) from exc
+        if not isinstance(value, ron.Struct) or value.name != "Committed":
+            raise bad("expected Committed(...)")
+        f = value.fields
+        fmt, number, created, files = (f.get(k) for k in ("format", "number", "created", "files"))
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
+            raise bad(f"expected an integer format, got {fmt!r}")
+        if fmt > FORMAT_VERSION:
+            raise bad(f"format {fmt} is newer than this hyperstate reads ({FORMAT_VERSION})")
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise bad(f"expected a non-negative integer number, got {number!r}")
+        if not isinstance(created, str):
+            raise bad(f"expected a string created, got {created!r}")
+        if not isinstance(files, dict):
+            raise bad("expected a map of files")
+        entries: dict[str, FileEntry] = {}
+        for name, entry in files.items():
+            if not isinstance(name, str):
+                raise bad(f"expected a file name, got {name!r}")
+            try:
+                _check_relpath(name)
+            except ValueError as exc:
+                raise bad(str(exc)) from exc
+            ef = entry.fields if isinstance(entry, ron.Struct) else {}
+            size, digest = ef.get("size"), ef.get("checksum")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise bad(f"{name}: expected File(size: <int>, checksum: <str>)")
+            if not isinstance(digest, str):
+                raise bad(f"{name}: expected File(size: <int>, checksum: <str>)")
+            entries[name] = FileEntry(size, digest)
+        return cls(number=number, files=entries, created=created, format=fmt)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A committed checkpoint: its number, its directory (URL or path), its manifest."""
+
+    number: int
+    path: str
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :meth:`CheckpointStore.verify`.
+
+    ``kind`` is ``"edited"`` (a text file changed since commit: allowed, hand edits are
+    a feature), ``"corrupted"`` (a binary file differs), ``"missing"`` or ``"unexpected"``
+    (a file that ``COMMITTED`` does not list). ``str(problem)`` is the message.
+    """
+
+    path: str
+    kind: Literal["edited", "corrupted", "missing", "unexpected"]
+    message: str
+
+    @property
+    def fatal(self) -> bool:
+        """Whether loading should refuse the checkpoint (everything but hand edits)."""
+        return self.kind in ("corrupted", "missing")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Which committed checkpoints to keep; the rest are deleted by ``store.retain``.
+
+    A checkpoint is kept if any rule keeps it: one of the ``keep_last`` newest, a number
+    divisible by ``keep_every``, or one of the ``keep_best`` best by a metric the caller
+    supplies (``mode="min"``: lower is better; NaN is worst). The newest one is always
+    kept. With no rule set, everything is kept.
+
+    >>> RetentionPolicy(keep_last=2, keep_every=100).keep([50, 100, 150, 200, 250])
+    [100, 200, 250]
+    >>> RetentionPolicy(keep_best=1, mode="max").keep([1, 2, 3], {1: 0.9, 2: 0.5, 3: 0.1})
+    [1, 3]
+    """
+
+    keep_last: int | None = None
+    keep_every: int | None = None
+    keep_best: int | None = None
+    mode: Literal["min", "max"] = "min"
+
+    def __post_init__(self) -> None:
+        for name in ("keep_last", "keep_every", "keep_best"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"RetentionPolicy.{name} must be a positive int, got {value!r}")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"RetentionPolicy.mode must be 'min' or 'max', got {self.mode!r}")
+
+    def keep(self, numbers: Sequence[int], metrics: Mapping[int, float] | None = None) -> list[int]:
+        """The numbers to keep, sorted, out of the committed ``numbers``.
+
+        ``metrics`` gives the metric of each checkpoint for ``keep_best``; checkpoints
+        without one are not candidates for best (other rules may still keep them).
+        """
+        ordered = sorted(set(numbers))
+        if not ordered:
+            return []
+        if self.keep_last is None and self.keep_every is None and self.keep_best is None:
+            return ordered
+        kept = {ordered[-1]}
+        if self.keep_last is not None:
+            kept.update(ordered[-self.keep_last :])
+        if self.keep_every is not None:
+            kept.update(n for n in ordered if n % self.keep_every == 0)
+        if self.keep_best is not None:
+            if metrics is None:
+                raise ValueError("RetentionPolicy.keep_best needs a metric per checkpoint")
+            sign = 1.0 if self.mode == "min" else -1.0
+
+            def badness(n: int) -> tuple[float, int]:
+                m = float(metrics[n])
+                # Ties go to the newer checkpoint.
+                return (math.inf if math.isnan(m) else sign * m, -n)
+
+            candidates = sorted((n for n in ordered if n in metrics), key=badness)
+            kept.update(candidates[: self.keep_best])
+        return sorted(kept)
+
+
+def _check_relpath(relpath: str) -> str:
+    """A path inside a checkpoint: relative, ``/``-separated, no ``..``; else ValueError."""
+    if not isinstance(relpath, str) or not relpath:
+        raise ValueError(f"expected a relative file path, got {relpath!r}")
+    if "\\" in relpath or "\x00" in relpath:
+        raise ValueError(f"file path {relpath!r} contains a backslash or NUL")
+    if relpath.startswith("/") or re.match(r"^[A-Za-z]:", relpath) or "://" in relpath:
+        raise ValueError(f"file path {relpath!r} must be relative to the checkpoint")
+    parts = relpath.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"file path {relpath!r} must stay inside the checkpoint (no '..')")
+    if relpath == COMMITTED:
+        raise ValueError(f"{COMMITTED} is written by commit() only")
+    return relpath
+
+
+def _is_text(relpath: str) -> bool:
+    return relpath.endswith(".ron")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointStore:
+    """The checkpoints under one root: a local path or an fsspec URL.
+
+    ``prefix`` names the directories (``<prefix>-<number padded to 12 digits>``);
+    ``retry`` says how transient errors of remote filesystems are retried (errors of the
+    local disk are not: a full disk does not heal in a second). Every failure is raised as
+    a :class:`StorageError` naming the operation and the file.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        prefix: str = "step",
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
+            raise ValueError(f"checkpoint prefix must be letters, digits, '_' or '.': {prefix!r}")
+        self.url = os.fspath(root).rstrip("/") or "/"
+        self.prefix = prefix
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._fs, root_path = _fs.url_to_fs(self.url)
+        self._root = root_path.rstrip("/") or "/"
+        self._local = _fs.is_local(self._fs)
+        self._pattern = re.compile(re.escape(prefix) + r"-(\d{12,})")
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self.url!r}, prefix={self.prefix!r})"
+
+    # -- naming -------------------------------------------------------------------
+
+    def dirname(self, number: int) -> str:
+        """The directory name of checkpoint ``number``: ``step-000000012000``."""
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ValueError(f"checkpoint number must be a non-negative int, got {number!r}")
+        return f"{self.prefix}-{number:012d}"
+
+    def path(self, number: int) -> str:
+        """The URL (or local path) of checkpoint ``number``'s directory."""
+        return f"{self.url}/{self.dirname(number)}"
+
+    def _fs_dir(self, number: int) -> str:
+        return posixpath.join(self._root, self.dirname(number))
+
+    def _number_of(self, name: str) -> int | None:
+        m = self._pattern.fullmatch(name)
+        if m is None:
+            return None
+        number = int(m.group(1))
+        # Only the canonical spelling counts, so one number has one directory.
+        return number if self.dirname(number) == name else None
+
+    # -- I/O with retries ---------------------------------------------------------
+
+    def _call(self, operation: str, path: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn``; retry transient remote errors; wrap failures in StorageError."""
+        delays = iter(() if self._local else self.retry.delays())
+        while True:
+            try:
+                return fn(*args)
+            except StorageError:
+                raise
+            except _PERMANENT as exc:
+                raise StorageError(operation, self._url_of(path), _reason(exc)) from exc
+            except OSError as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    raise StorageError(operation, self._url_of(path), _reason(exc)) from exc
+                _log.warning("%s %s failed (%s); retrying in %.2fs", operation, path, exc, delay)
+                time.sleep(delay)
+
+    def _url_of(self, fs_path: str) -> str:
+        if fs_path.startswith(self._root):
+            rest = fs_path[len(self._root) :].lstrip("/")
+            return f"{self.url}/{rest}" if rest else self.url
+        return fs_path
+
+    def _entry_of(self, fs_path: str) -> FileEntry:
+        """Size and checksum of a stored file, read in chunks."""
+
+        def scan() -> FileEntry:
+            h = xxhash.xxh3_64()
+            size = 0
+            with self._fs.open(fs_path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+            return FileEntry(size, "xxh3-64:" + h.hexdigest())
+
+        return self._call("read", fs_path, scan)
+
+    def _exists(self, fs_path: str) -> bool:
+        return bool(self._call("check", fs_path, self._fs.exists, fs_path))
+
+    def _rm(self, fs_path: str, recursive: bool = False) -> None:
+        def rm() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.rm(fs_path, recursive=recursive)
+
+        self._call("delete", fs_path, rm)
+        self._fs.invalidate_cache(self._root)
+
+    def _listdir(self) -> list[tuple[int, str]]:
+        """(number, name) of every directory under root that looks like a checkpoint."""
+        self._fs.invalidate_cache(self._root)
+
+        def ls() -> list[Any]:
+            try:
+                entries: list[Any] = self._fs.ls(self._root, detail=True)
+            except FileNotFoundError:
+                return []
+            return entries
+
+        found = []
+        for entry in self._call("list", self._root, ls):
+            if entry.get("type") != "directory":
+                continue
+            name = posixpath.basename(entry["name"].rstrip("/"))
+            number = self._number_of(name)
+            if number is not None:
+                found.append((number, name))
+        return sorted(found)
+
+    def _manifest(self, number: int) -> Manifest | None:
+        marker = posixpath.join(self._fs_dir(number), COMMITTED)
+
+        def read() -> bytes | None:
+            try:
+                data: bytes = self._fs.cat_file(marker)
+            except FileNotFoundError:
+                return None
+            return data
+
+        data = self._call("read manifest", marker, read)
+        if data is None:
+            return None
+        return Manifest.loads(data.decode("utf-8", "replace"), self._url_of(marker))
+
+    # -- discovery ----------------------------------------------------------------
+
+    def list(self) -> builtins.list[CheckpointInfo]:
+        """Every committed checkpoint, oldest first.
+
+        A directory whose ``COMMITTED`` is unreadable or malformed is skipped with a
+        logged warning: it is neither listed (not a loadable checkpoint) nor reported
+        as uncommitted (so cleanup never deletes what a person may want to repair).
+        """
+        out = []
+        for number, _ in self._listdir():
+            try:
+                manifest = self._manifest(number)
+            except StorageError as exc:
+                _log.warning("skipping checkpoint: %s", exc)
+                continue
+            if manifest is not None:
+                out.append(CheckpointInfo(number, self.path(number), manifest))
+        return out
+
+    def get(self, number: int) -> CheckpointInfo | None:
+        """Checkpoint ``number`` if it is committed, else None."""
+        manifest = self._manifest(number)
+        return None if manifest is None else CheckpointInfo(number, self.path(number), manifest)
+
+    def latest(self) -> CheckpointInfo | None:
+        """The committed checkpoint with the highest number, or None."""
+        for number, _ in reversed(self._listdir()):
+            try:
+                info = self.get(number)
+            except StorageError as exc:
+                _log.warning("skipping checkpoint: %s", exc)
+                continue
+            if info is not None:
+                return info
+        return None
+
+    def uncommitted(self) -> builtins.list[str]:
+        """URLs of checkpoint directories without ``COMMITTED`` (crashed or in progress)."""
+        out = []
+        for number, _ in self._listdir():
+            marker = posixpath.join(self._fs_dir(number), COMMITTED)
+            if not self._exists(marker):
+                out.append(self.path(number))
+        return out
+
+    def cleanup_uncommitted(self, keep_newer_than: int | None = None) -> builtins.list[str]:
+        """Delete uncommitted directories; return their URLs.
+
+        With ``keep_newer_than=n``, directories numbered above ``n`` are left alone (a
+        save in progress, e.g. pass the newest committed number).
+        """
+        removed = []
+        for number, _ in self._listdir():
+            if keep_newer_than is not None and number > keep_newer_than:
+                continue
+            d = self._fs_dir(number)
+            if self._exists(posixpath.join(d, COMMITTED)):
+                continue
+            self._rm(d, recursive=True)
+            removed.append(self.path(number))
+        return removed
+
+    # -- saving -------------------------------------------------------------------
+
+    def begin(self, number: int) -> PendingCheckpoint:
+        """Start checkpoint ``number``: an empty, uncommitted directory.
+
+        A leftover uncommitted directory of the same number (from a crash) is removed
+        first. A committed one is never overwritten: that raises :class:`StorageError`.
+        """
+        d = self._fs_dir(number)
+        if self._manifest(number) is not None:
+            raise StorageError("begin", self.path(number), "checkpoint is already committed")
+        if self._exists(d):
+            self._rm(d, recursive=True)
+        self._call("mkdir", d, self._fs.makedirs, d, True)
+        if self._local:
+            # The new directory's entry in root must be durable before COMMITTED.
+            self._call("fsync", self._root, _fsync_path, self._root, True)
+        return PendingCheckpoint(self, number)
+
+    def join(self, number: int) -> PendingCheckpoint:
+        """Write into checkpoint ``number`` begun elsewhere (another rank), without clearing.
+
+        Each writer writes its files and sends the :class:`FileEntry` of each to the one
+        that commits, which passes them to :meth:`PendingCheckpoint.record`.
+        """
+        d = self._fs_dir(number)
+        self._call("mkdir", d, self._fs.makedirs, d, True)
+        return PendingCheckpoint(self, number)
+
+    def delete(self, number: int) -> None:
+        """Delete checkpoint ``number``: ``COMMITTED`` first, so a half-deleted checkpoint
+        is merely uncommitted, never a visible checkpoint with files missing."""
+        d = self._fs_dir(number)
+        self._rm(posixpath.join(d, COMMITTED))
+        if self._local:
+            self._call("fsync", d, _fsync_path, d, True)
+        self._rm(d, recursive=True)
+
+    def retain(
+        self,
+        policy: RetentionPolicy,
+        metrics: Mapping[int, float] | Callable[[CheckpointInfo], float] | None = None,
+    ) -> builtins.list[int]:
+        """Delete the committed checkpoints ``policy`` does not keep; return their numbers.
+
+        ``metrics`` (for ``keep_best``) is a metric per checkpoint number, or a function
+        of a :class:`CheckpointInfo`. Only committed checkpoints are deleted, and never
+        the newest one.
+        """
+        infos = self.list()
+        numbers = [i.number for i in infos]
+        values = {i.number: metrics(i) for i in infos} if callable(metrics) else metrics
+        kept = set(policy.keep(numbers, values))
+        if numbers:
+            kept.add(max(numbers))
+        doomed = [n for n in numbers if n not in kept]
+        for number in doomed:
+            self.delete(number)
+        return doomed
+
+    # -- checking -----------------------------------------------------------------
+
+    def verify(self, info: CheckpointInfo | int) -> builtins.list[Problem]:
+        """Check every file of a committed checkpoint against its ``COMMITTED``.
+
+        Returns the problems found (empty when all is well). Text files (``.ron``) that
+        differ are reported as ``"edited"`` (hand edits are allowed); other files that
+        differ as ``"corrupted"``.
+        """
+        if isinstance(info, int):
+            got = self.get(info)
+            if got is None:
+                raise StorageError("verify", self.path(info), "checkpoint is not committed")
+            info = got
+        d = self._fs_dir(info.number)
+        problems: builtins.list[Problem] = []
+        present = set(self._files(d))
+        for name, want in sorted(info.manifest.files.items()):
+            url = f"{info.path}/{name}"
+            if name not in present:
+                problems.append(Problem(name, "missing", f"{url}: missing (listed in COMMITTED)"))
+                continue
+            have = self._entry_of(posixpath.join(d, name))
+            if have == want:
+                continue
+            if _is_text(name):
+                msg = f"{url}: edited since commit ({want.size} -> {have.size} bytes)"
+                problems.append(Problem(name, "edited", msg))
+            else:
+                msg = (
+                    f"{url}: corrupted: expected {want.size} bytes {want.checksum}, "
+                    f"found {have.size} bytes {have.checksum}"
+                )
+                problems.append(Problem(name, "corrupted", msg))
+        for name in sorted(present - set(info.manifest.files) - {COMMITTED}):
+            msg = f"{info.path}/{name}: not listed in COMMITTED"
+            problems.append(Problem(name, "unexpected", msg))
+        return problems
+
+    def _files(self, fs_dir: str) -> builtins.list[str]:
+        """Paths (relative, ``/``-separated) of every file under a directory."""
+        self._fs.invalidate_cache(fs_dir)
+
+        def find() -> builtins.list[str]:
+            try:
+                found: builtins.list[str] = self._fs.find(fs_dir)
+            except FileNotFoundError:
+                return []
+            return found
+
+        base = fs_dir.rstrip("/") + "/"
+        return [p[len(base) :] for p in self._call("list", fs_dir, find) if p.startswith(base)]
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno is not None and not str(exc):
+        text = errno.errorcode.get(exc.errno, str(exc.errno))
+    return text
+
+
+class PendingCheckpoint:
+    """An uncommitted checkpoint directory being written; see :meth:`CheckpointStore.begin`.
+
+    Files are added with :meth:`write_file` (written here) or :meth:`record` (written by
+    someone else: a blob writer, another rank); :meth:`commit` then writes ``COMMITTED``
+    last. Safe to use from several threads.
+    """
+
+    def __init__(self, store: CheckpointStore, number: int) -> None:
+        self.store = store
+        self.number = number
+        self._entries: dict[str, FileEntry] = {}
+        self._synced: set[str] = set()  # written here, so already fsync'd
+        self._state: Literal["open", "committed", "aborted"] = "open"
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PendingCheckpoint({self.path!r}, {self._state})"
+
+    @property
+    def path(self) -> str:
+        """URL (or local path) of the checkpoint directory."""
+        return self.store.path(self.number)
+
+    @property
+    def entries(self) -> dict[str, FileEntry]:
+        """The files recorded so far (a copy), e.g. to report to the committing rank."""
+        with self._lock:
+            return dict(self._entries)
+
+    def _fs_path(self, relpath: str) -> str:
+        try:
+            _check_relpath(relpath)
+        except ValueError as exc:
+            raise StorageError("write", f"{self.path}/{relpath}", str(exc)) from None
+        return posixpath.join(self.store._fs_dir(self.number), relpath)
+
+    def _check_open(self, relpath: str) -> None:
+        if self._state != "open":
+            raise StorageError("write", f"{self.path}/{relpath}", f"checkpoint is {self._state}")
+
+    def write_file(self, relpath: str, data: bytes | bytearray | memoryview) -> FileEntry:
+        """Write a file of the checkpoint and record it; return its entry.
+
+        Local disk: written and fsync'd. Remote: one PUT (retried on transient errors).
+        """
+        self._check_open(relpath)
+        target = self._fs_path(relpath)
+        store = self.store
+        fs = store._fs
+        parent = posixpath.dirname(target)
+        if store._local:
+
+            def write_local() -> None:
+                os.makedirs(parent, exist_ok=True)
+                with open(target, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+
+            store._call("write", target, write_local)
+        else:
+            store._call("mkdir", parent, fs.makedirs, parent, True)
+            store._call("write", target, fs.pipe_file, target, bytes(data))
+        entry = FileEntry(len(memoryview(data).cast("B")), checksum(data))
+        with self._lock:
+            self._entries[relpath] = entry
+            self._synced.add(relpath)
+        return entry
+
+    def record(
+        self, relpath: str, *, size: int | None = None, checksum: str | None = None
+    ) -> FileEntry:
+        """Add a file written by someone else to the manifest; return its entry.
+
+        With both ``size`` and ``checksum`` given (a rank reporting its own files) the file
+        is not read now; otherwise it is read to compute them. ``commit`` checks that every
+        recorded file exists with its recorded size.
+        """
+        self._check_open(relpath)
+        target = self._fs_path(relpath)
+        if size is not None and checksum is not None:
+            entry = FileEntry(size, checksum)
+        else:
+            entry = self.store._entry_of(target)
+            if size is not None and size != entry.size:
+                raise StorageError(
+                    "record", self.store._url_of(target), f"size {entry.size}, reported {size}"
+                )
+        with self._lock:
+            self._entries[relpath] = entry
+        return entry
+
+    def commit(self) -> CheckpointInfo:
+        """Make the checkpoint visible: check and sync every file, then write ``COMMITTED``.
+
+        Raises :class:`StorageError` (and writes no ``COMMITTED``) when a recorded file is
+        missing or has another size, or a file in the directory was not recorded.
+        """
+        store = self.store
+        d = store._fs_dir(self.number)
+        with self._lock:
+            self._check_open(COMMITTED)
+            entries = dict(self._entries)
+            synced = set(self._synced)
+        present = set(store._files(d))
+        stray = sorted(present - set(entries))
+        if stray:
+            raise StorageError("commit", self.path, f"files not recorded: {', '.join(stray)}")
+        for name, entry in sorted(entries.items()):
+            p = posixpath.join(d, name)
+            if name not in present:
+                raise StorageError("commit", store._url_of(p), "recorded file is missing")
+            size = int(store._call("stat", p, store._fs.size, p))
+            if size != entry.size:
+                msg = f"recorded size {entry.size}, found {size}"
+                raise StorageError("commit", store._url_of(p), msg)
+        if store._local:
+            for name in sorted(set(entries) - synced):
+                p = posixpath.join(d, name)
+                store._call("fsync", p, _fsync_path, p)
+            dirs = {posixpath.dirname(posixpath.join(d, n)) for n in entries} | {d}
+            for sub in sorted(dirs, key=len, reverse=True):
+                store._call("fsync", sub, _fsync_path, sub, True)
+            store._call("fsync", store._root, _fsync_path, store._root, True)
+        manifest = Manifest(number=self.number, files=entries, created=_now())
+        marker = posixpath.join(d, COMMITTED)
+        text = manifest.dumps().encode("utf-8")
+        if store._local:
+            store._call("commit", marker, _fs.write_atomic, marker, text)
+        else:
+            store._call("commit", marker, store._fs.pipe_file, marker, text)
+        store._fs.invalidate_cache(store._root)
+        with self._lock:
+            self._state = "committed"
+        return CheckpointInfo(self.number, self.path, manifest)
+
+    def abort(self) -> None:
+        """Remove the uncommitted directory and everything in it."""
+        with self._lock:
+            if self._state == "committed":
+                raise StorageError("abort", self.path, "checkpoint is already committed")
+            self._state = "aborted"
+        self.store._rm(self.store._fs_dir(self.number), recursive=True)
