@@ -25,6 +25,7 @@ from hyperstate import _fs, ron
 from hyperstate.errors import ConfigError, Issue, PathSegment
 from hyperstate.overrides import apply_overrides_collect
 from hyperstate.ron import Struct
+from hyperstate.scheduled import set_schedules, with_schedule_text
 from hyperstate.schema.types import struct_schema
 from hyperstate.schema.upgrade import upgrade
 from hyperstate.serde import from_value, to_value
@@ -43,7 +44,7 @@ def dumps(obj: Any, *, elide_defaults: bool = False) -> str:
         obj: the config to write.
         elide_defaults: leave out fields whose value equals their default.
     """
-    return ron.dumps(to_value(obj, elide_defaults=elide_defaults))
+    return ron.dumps(with_schedule_text(obj, to_value(obj, elide_defaults=elide_defaults)))
 
 
 def dump(obj: Any, path: PathLike | None = None, *, elide_defaults: bool = False) -> str:
@@ -61,7 +62,7 @@ def dump(obj: Any, path: PathLike | None = None, *, elide_defaults: bool = False
     name = os.fspath(path)
     directory, filename = _split(name)
     with writing_blobs(directory, _blob_file(filename)) as flush:
-        tree = to_value(obj, elide_defaults=elide_defaults)
+        tree = with_schedule_text(obj, to_value(obj, elide_defaults=elide_defaults))
         flush()
     text = ron.dumps(tree)
     _fs.write_atomic(name, (text + "\n").encode("utf-8"))
@@ -173,6 +174,8 @@ def _build(
     if result.issues or bad_overrides:
         raise ConfigError(bad_overrides + _place(result.issues, text, file, applied))
     value: T = result.value
+    if result.schedules:
+        set_schedules(value, result.schedules)
     return value
 
 

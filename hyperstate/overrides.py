@@ -33,7 +33,7 @@ from hyperstate.schema.types import (
     VarTupleType,
     format_type,
 )
-from hyperstate.serde import did_you_mean, to_value
+from hyperstate.serde import Hooks, did_you_mean, to_value
 
 __all__ = ["Override", "apply_overrides", "apply_overrides_collect", "parse_override"]
 
@@ -369,11 +369,21 @@ def _parse_leaf(node: SchemaType, text: str, path: Path) -> Any:
     try:
         return ron.loads(text, path="<override>")
     except ron.ParseError as e:
+        if _is_number(base) and Hooks.schedule is not None:
+            try:
+                if Hooks.schedule(text) is not None:
+                    return text  # `lr=step: 3e-4@0 cos 0@1e5` needs no quotes
+            except ValueError as err:
+                raise _Failure(path, f"invalid schedule for {format_path(path)}: {err}") from None
         raise _Failure(
             path,
             f"cannot parse value {text!r} for {format_path(path)} ({format_type(node)}): "
             f"{e.msg} at column {e.col}",
         ) from None
+
+
+def _is_number(node: SchemaType) -> bool:
+    return isinstance(node, Primitive) and node.type in (int, float)
 
 
 def _takes_bare_words(node: SchemaType) -> bool:

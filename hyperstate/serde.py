@@ -62,11 +62,12 @@ _INVALID: Any = _Invalid()
 
 
 class _Ctx:
-    __slots__ = ("ignore_extra_fields", "issues")
+    __slots__ = ("ignore_extra_fields", "issues", "schedules")
 
     def __init__(self, ignore_extra_fields: bool) -> None:
         self.issues: list[Issue] = []
         self.ignore_extra_fields = ignore_extra_fields
+        self.schedules: dict[Path, Any] = {}
 
     def fail(self, path: Path, message: str, hint: str | None = None) -> Any:
         self.issues.append(Issue(path, message, hint=hint))
@@ -86,8 +87,11 @@ class Hooks:
         decode_any: turns the value tree of an ``Any`` field into Python values.
         defer: for a ``Lazy`` dataclass field, ``(schema) -> bool``: load it on access.
         pending: wraps a zero-argument loader into a placeholder for a deferred field.
+        schedule: parses a schedule string found in an int/float field (returns None
+            when the text is no schedule; raises an error with a message when malformed).
     """
 
+    schedule: Callable[[str], Any] | None = None
     encode_any: Callable[[Any, Path], Any] | None = None
     decode_any: Callable[[Any, Path], Any] | None = None
     defer: Callable[[SchemaType], bool] | None = None
@@ -144,11 +148,13 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
 class DecodeResult:
     """The outcome of :func:`from_value` when issues are collected instead of raised."""
 
-    __slots__ = ("issues", "value")
+    __slots__ = ("issues", "schedules", "value")
 
-    def __init__(self, value: Any, issues: list[Issue]) -> None:
+    def __init__(self, value: Any, issues: list[Issue], schedules: dict[Path, Any]) -> None:
         self.value = value
         self.issues = issues
+        #: Schedules found in int/float fields, by path (values hold their start value).
+        self.schedules = schedules
 
 
 def from_value(
@@ -169,7 +175,7 @@ def from_value(
     cx = _Ctx(ignore_extra_fields)
     result = _decoder(node)(value, (), cx)
     if collect:
-        return DecodeResult(None if result is _INVALID else result, cx.issues)
+        return DecodeResult(None if result is _INVALID else result, cx.issues, cx.schedules)
     if cx.issues:
         raise ConfigError(cx.issues)
     return result
@@ -281,6 +287,8 @@ def _dec_int(v: Any, path: Path, cx: _Ctx) -> Any:
         return v
     if t is float and v.is_integer():  # `steps: 1e5` is an integer written as a float
         return int(v)
+    if t is str and Hooks.schedule is not None:
+        return _schedule_start(v, path, cx, "int")
     return cx.fail(path, f"expected int, found {describe(v)}")
 
 
@@ -290,7 +298,22 @@ def _dec_float(v: Any, path: Path, cx: _Ctx) -> Any:
         return v
     if t is int:
         return float(v)
+    if t is str and Hooks.schedule is not None:
+        return _schedule_start(v, path, cx, "float")
     return cx.fail(path, f"expected float, found {describe(v)}")
+
+
+def _schedule_start(text: str, path: Path, cx: _Ctx, kind: str) -> Any:
+    """A schedule string in an int/float field: record it; its first value stands in."""
+    assert Hooks.schedule is not None
+    try:
+        schedule = Hooks.schedule(text)
+    except ValueError as e:
+        return cx.fail(path, f"invalid schedule for a {kind} field: {e}")
+    if schedule is None:
+        return cx.fail(path, f"expected {kind} or a schedule string, found {describe(text)}")
+    cx.schedules[path] = schedule
+    return schedule.value_at(schedule.points[0].x, as_int=kind == "int")
 
 
 def _dec_str(v: Any, path: Path, cx: _Ctx) -> Any:

@@ -1,0 +1,202 @@
+"""Schedules in configs: which fields hold one, their values now, and their text on dump.
+
+A float or int field may hold a schedule string (``"step: 3e-4@0 cos 0@100000"``, see
+:mod:`hyperstate.schedule`). Loading puts the schedule's first value in the field and
+remembers the schedule on the config object; :func:`update_schedules` sets every
+scheduled field to its value at the current state (the manager calls it at each
+``step()``); dumping writes the schedule text back, unchanged.
+
+>>> from dataclasses import dataclass
+>>> import hyperstate
+>>> @dataclass
+... class Config:
+...     lr: float = 0.1
+>>> @dataclass
+... class State:
+...     step: int = 0
+>>> config = hyperstate.loads(Config, 'Config(lr: "step: 1.0@0 lin 0.0@100")')
+>>> config.lr
+1.0
+>>> update_schedules(config, State(step=25))
+{('lr',): 0.75}
+>>> print(hyperstate.dumps(config))
+Config(
+    lr: "step: 1.0@0 lin 0.0@100",
+)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from hyperstate import schedule as _schedule
+from hyperstate.errors import ConfigError, Issue, PathSegment, format_path
+from hyperstate.ron import Ident, Struct
+from hyperstate.serde import Hooks
+
+__all__ = ["schedules", "set_schedules", "update_schedules", "with_schedule_text"]
+
+Path = tuple[PathSegment, ...]
+_ATTR = "__hyperstate_schedules__"
+
+
+def _parse(text: str) -> _schedule.Schedule | None:
+    if not _schedule.looks_like_schedule(text):
+        return None
+    return _schedule.parse(text)
+
+
+Hooks.schedule = _parse
+
+
+def schedules(config: Any) -> dict[Path, _schedule.Schedule]:
+    """The schedules of a loaded config, by field path (empty when it has none)."""
+    found: dict[Path, _schedule.Schedule] = getattr(config, _ATTR, {})
+    return dict(found)
+
+
+def set_schedules(config: Any, found: Mapping[Path, _schedule.Schedule]) -> None:
+    """Remember ``found`` on ``config`` (replacing what it had)."""
+    try:
+        object.__setattr__(config, _ATTR, dict(found))
+    except AttributeError:
+        raise TypeError(
+            f"{type(config).__name__} uses __slots__ without room for hyperstate's schedule "
+            f"record; drop slots=True to use schedules in it"
+        ) from None
+
+
+def update_schedules(config: Any, state: Any) -> dict[Path, float | int]:
+    """Set every scheduled field of ``config`` to its value at ``state``; return the values.
+
+    Raises:
+        ConfigError: a schedule's ``x`` names no numeric field of ``state``.
+    """
+    values: dict[Path, float | int] = {}
+    for path, sched in schedules(config).items():
+        x = _read_x(state, sched, path)
+        current = _get(config, path)
+        value = sched.value_at(x, as_int=type(current) is int)
+        _set(config, path, value)
+        values[path] = value
+    return values
+
+
+def check_schedule_fields(config: Any, state: Any) -> None:
+    """Raise a ``ConfigError`` naming every schedule whose ``x`` is not a state field."""
+    issues: list[Issue] = []
+    for path, sched in schedules(config).items():
+        try:
+            _read_x(state, sched, path)
+        except ConfigError as e:
+            issues.extend(e.issues)
+    if issues:
+        raise ConfigError(issues)
+
+
+def with_schedule_text(config: Any, tree: Any) -> Any:
+    """The value tree of ``config`` with each scheduled field's text put back."""
+    for path, sched in schedules(config).items():
+        _replace(tree, path, sched.text)
+    return tree
+
+
+def _read_x(state: Any, sched: _schedule.Schedule, path: Path) -> float:
+    value = state
+    for name in sched.x:
+        if not hasattr(value, name):
+            known = sorted(getattr(value, "__dataclass_fields__", {}))
+            raise ConfigError(
+                [
+                    Issue(
+                        path,
+                        f"schedule {sched.text!r} follows {'.'.join(sched.x)!r}, which is not "
+                        f"a field of the state ({type(state).__name__})",
+                        hint=f"state fields: {', '.join(known)}" if known else None,
+                    )
+                ]
+            )
+        value = getattr(value, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(
+            [
+                Issue(
+                    path,
+                    f"schedule follows {'.'.join(sched.x)!r}, which holds {value!r}, not a number",
+                )
+            ]
+        )
+    return float(value)
+
+
+def _child(obj: Any, seg: PathSegment) -> Any:
+    if hasattr(obj, "__dataclass_fields__") and isinstance(seg, str):
+        return getattr(obj, seg)
+    if isinstance(obj, Mapping):
+        return obj[_key(obj, seg)]
+    return obj[seg]
+
+
+def _key(mapping: Mapping[Any, Any], seg: Any) -> Any:
+    name = seg.name if type(seg) is Ident else seg
+    if seg in mapping:
+        return seg
+    for key in mapping:  # Enum keys: the tree had the member's name
+        if isinstance(key, enum.Enum) and key.name == name:
+            return key
+    return name
+
+
+def _get(config: Any, path: Path) -> Any:
+    obj = config
+    for seg in path:
+        obj = _child(obj, seg)
+    return obj
+
+
+def _set(config: Any, path: Path, value: Any) -> None:
+    parent = _get(config, path[:-1])
+    last = path[-1]
+    if hasattr(parent, "__dataclass_fields__") and isinstance(last, str):
+        object.__setattr__(parent, last, value)  # frozen dataclasses too
+    elif isinstance(parent, dict):
+        parent[_key(parent, last)] = value
+    elif isinstance(parent, list):
+        parent[last] = value  # type: ignore[index]
+    else:
+        raise TypeError(
+            f"cannot update schedule at {format_path(path)} inside {type(parent).__name__}"
+        )
+
+
+def _replace(tree: Any, path: Path, text: str) -> None:
+    node = tree
+    for seg in path[:-1]:
+        node = _tree_child(node, seg)
+    last = path[-1]
+    if type(node) is Struct:
+        node.fields[last] = text  # type: ignore[index]
+    elif type(node) is dict:
+        node[_tree_key(node, last)] = text
+    else:
+        node[last] = text
+
+
+def _tree_child(node: Any, seg: PathSegment) -> Any:
+    if type(node) is Struct:
+        return node.fields[seg]  # type: ignore[index]
+    if type(node) is dict:
+        return node[_tree_key(node, seg)]
+    return node[seg]
+
+
+def _tree_key(node: dict[Any, Any], seg: Any) -> Any:
+    if seg in node:
+        return seg
+    name = seg.name if type(seg) is Ident else seg
+    for key in node:
+        if (type(key) is Ident and key.name == name) or key == name:
+            return key
+    return seg
