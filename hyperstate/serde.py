@@ -309,7 +309,8 @@ def _schedule_start(text: str, path: Path, cx: _Ctx, kind: str) -> Any:
     try:
         schedule = Hooks.schedule(text)
     except ValueError as e:
-        return cx.fail(path, f"invalid schedule for a {kind} field: {e}")
+        article = "an" if kind == "int" else "a"
+        return cx.fail(path, f"invalid schedule for {article} {kind} field: {e}")
     if schedule is None:
         return cx.fail(path, f"expected {kind} or a schedule string, found {describe(text)}")
     cx.schedules[path] = schedule

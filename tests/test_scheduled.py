@@ -81,9 +81,9 @@ def test_malformed_schedule_points_at_the_token_and_the_file() -> None:
     with pytest.raises(hyperstate.ConfigError) as info:
         hyperstate.loads(Config, 'Config(\n    batch_size: "step: 1@0 cosx 2@5",\n)', path="c.ron")
     message = str(info.value)
-    assert message.startswith("c.ron:2:17: invalid schedule for a int field:")
+    assert message.startswith("c.ron:2:17: invalid schedule for an int field:")
     assert "found 'cosx'" in message
-    with pytest.raises(hyperstate.ConfigError, match="invalid schedule for optimizer.lr"):
+    with pytest.raises(hyperstate.ConfigError, match=r"invalid schedule for optimizer\.lr"):
         hyperstate.load(Config, overrides=["optimizer.lr=step: 1@0 cosx 2@5"])
 
 
