@@ -13,6 +13,7 @@ Config(lr=0.1, batch_size=32)
 from hyperstate.args import from_args
 from hyperstate.configs import dump, dumps, load, loads
 from hyperstate.errors import ConfigError, HyperstateError, Issue, ParseError
+from hyperstate.manager import CheckpointPolicy, HyperState, StateManager
 from hyperstate.schema.cli import schema_evolution_cli
 from hyperstate.schema.versioned import Versioned
 from hyperstate.state import Blob, Lazy, Serializable
@@ -21,12 +22,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Blob",
+    "CheckpointPolicy",
     "ConfigError",
+    "HyperState",
     "HyperstateError",
     "Issue",
     "Lazy",
     "ParseError",
     "Serializable",
+    "StateManager",
     "Versioned",
     "__version__",
     "dump",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets everything up on a fresh machine and runs the demo.
+# Sets everything up on a fresh machine and runs the demo: a real training loop that
+# checkpoints, is killed with SIGKILL, resumes, and matches an uninterrupted run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e .
-.venv/bin/python examples/quickstart.py "$@"
+.venv/bin/python examples/stateful/demo.py "$@"
