@@ -312,7 +312,7 @@ def _schedule_start(text: str, path: Path, cx: _Ctx, kind: str) -> Any:
         article = "an" if kind == "int" else "a"
         return cx.fail(path, f"invalid schedule for {article} {kind} field: {e}")
     if schedule is None:
-        return cx.fail(path, f"expected {kind} or a schedule string, found {describe(text)}")
+        return cx.fail(path, f"expected {kind}, found {describe(text)}")
     cx.schedules[path] = schedule
     return schedule.value_at(schedule.points[0].x, as_int=kind == "int")
 
