@@ -1,6 +1,6 @@
 """The demo: train, get killed with SIGKILL mid-run, resume, and match an uninterrupted run.
 
-    python examples/stateful/demo.py
+python examples/stateful/demo.py
 """
 
 from __future__ import annotations
