@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
@@ -32,11 +33,12 @@ from hyperstate.configs import dumps, load
 from hyperstate.errors import ConfigError, HyperstateError, Issue
 from hyperstate.scheduled import check_schedule_fields, update_schedules
 from hyperstate.serde import plain, to_value
-from hyperstate.state import writing_blobs
+from hyperstate.state import BlobFlush, writing_blobs
 from hyperstate.storage import (
     COMMITTED,
     CheckpointInfo,
     CheckpointStore,
+    PendingCheckpoint,
     RetentionPolicy,
 )
 
@@ -105,6 +107,12 @@ class StateManager(Generic[C, S]):
         overrides: ``"path=value"`` strings applied to the config.
         policy: when to checkpoint and what to keep (see :class:`CheckpointPolicy`).
         ctx: extra context for ``Serializable.deserialize`` (``"config"`` is added).
+        async_save: ``checkpoint()`` (and so ``step()``) copies the tensors to host
+            staging buffers and returns; a background thread writes and commits. At most
+            one save is in flight (the next one waits); an error in the background is
+            raised by the next ``step()``, ``checkpoint()`` or ``close()``.
+        max_staging_bytes: a budget for staging buffers; tensors beyond it are written
+            before ``checkpoint()`` returns, as in a synchronous save.
     """
 
     def __init__(
@@ -119,6 +127,8 @@ class StateManager(Generic[C, S]):
         *,
         policy: CheckpointPolicy | None = None,
         ctx: dict[str, Any] | None = None,
+        async_save: bool = False,
+        max_staging_bytes: int | None = None,
     ) -> None:
         self.config_clz = config_clz
         self.state_clz = state_clz
@@ -128,6 +138,11 @@ class StateManager(Generic[C, S]):
         self._ctx = dict(ctx or {})
         self._steps = 0
         self._last_checkpoint_time = time.monotonic()
+        self.async_save = async_save
+        self.max_staging_bytes = max_staging_bytes
+        self._executor: ThreadPoolExecutor | None = None
+        self._inflight: Future[CheckpointInfo] | None = None
+        self._staging_pool: dict[int, list[Any]] = {}
         self.store = CheckpointStore(os.fspath(checkpoint_dir)) if checkpoint_dir else None
         self.resumed_from: CheckpointInfo | None = None
         overrides = list(overrides or [])
@@ -165,6 +180,7 @@ class StateManager(Generic[C, S]):
 
     def step(self) -> None:
         """Apply schedules to the config, then checkpoint if the policy says so."""
+        self._raise_background_error()
         self._steps += 1
         update_schedules(self.config, self.state)
         if self.store is not None and self._due():
@@ -178,31 +194,65 @@ class StateManager(Generic[C, S]):
             return True
         return seconds is not None and time.monotonic() - self._last_checkpoint_time >= seconds
 
-    def checkpoint(self) -> CheckpointInfo:
-        """Write a checkpoint now: config.ron, state.ron and blobs, then COMMITTED.
+    def checkpoint(self) -> CheckpointInfo | None:
+        """Save now: config.ron, state.ron and blobs, then COMMITTED.
+
+        Returns the committed checkpoint, or None when the save goes on in the background
+        (``async_save``); :meth:`wait` returns it then.
 
         Raises:
-            HyperstateError: the save failed; earlier checkpoints are untouched.
+            HyperstateError: the save failed (or an earlier background save did);
+                earlier checkpoints are untouched.
         """
         if self.store is None:
             raise HyperstateError("no checkpoint_dir was given, so there is nowhere to save")
+        self.wait()  # at most one save in flight; raises an earlier save's error
         number = self._number()
         pending = self.store.begin(number)
         try:
-            pending.write_file("config.ron", (dumps(self.config) + "\n").encode("utf-8"))
-            with writing_blobs(pending.path, _BLOB_FILE) as flush:
+            config_text = dumps(self.config) + "\n"
+            with writing_blobs(
+                pending.path,
+                _BLOB_FILE,
+                stage=self.async_save,
+                staging_limit=self.max_staging_bytes,
+                staging_pool=self._staging_pool,
+            ) as flush:
                 tree = to_value(self.state)
-                entries = flush()
-            if entries:
+        except BaseException:
+            pending.abort()
+            raise
+        self._last_checkpoint_time = time.monotonic()
+        if self.async_save and not flush.overflow:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="hyperstate-save")
+            self._inflight = self._executor.submit(self._finish, pending, config_text, tree, flush)
+            return None
+        return self._finish(pending, config_text, tree, flush)
+
+    def _finish(
+        self, pending: PendingCheckpoint, config_text: str, tree: Any, flush: BlobFlush
+    ) -> CheckpointInfo:
+        try:
+            pending.write_file("config.ron", config_text.encode("utf-8"))
+            if flush():
                 pending.record(_BLOB_FILE)
             pending.write_file("state.ron", (ron.dumps(tree) + "\n").encode("utf-8"))
             info = pending.commit()
         except BaseException:
             pending.abort()
             raise
-        self._last_checkpoint_time = time.monotonic()
         self._retain()
         return info
+
+    def wait(self) -> CheckpointInfo | None:
+        """Wait for the save in flight, if any; return it, or raise its error."""
+        inflight, self._inflight = self._inflight, None
+        return inflight.result() if inflight is not None else None
+
+    def _raise_background_error(self) -> None:
+        if self._inflight is not None and self._inflight.done():
+            self.wait()
 
     def _number(self) -> int:
         if self.checkpoint_key is None:
@@ -232,7 +282,13 @@ class StateManager(Generic[C, S]):
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish pending work (saves are synchronous in this version)."""
+        """Wait for a save in flight (raising its error) and stop the save thread."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     def __enter__(self) -> StateManager[C, S]:
         return self

@@ -242,11 +242,22 @@ t.TYPE_HOOKS.append(_types_hook)
 
 
 class _Sink:
-    def __init__(self, directory: str, file: str) -> None:
+    def __init__(self, directory: str, file: str, stage: bool = False) -> None:
         self.directory = directory
         self.file = file
         self._writer: Any = None
         self.pending: list[Struct] = []
+        # Async saves write after the training loop moved on: tensors are copied to
+        # staging buffers first, one copy per storage so that tied tensors stay tied.
+        self.stage = stage
+        self.staged: dict[tuple[Any, ...], Any] = {}
+        self.staged_bytes = 0
+        self.limit: int | None = None
+        self.overflow = False
+        # Reused staging buffers by size: fresh memory costs a page fault per 4 KiB,
+        # which would dominate the copy. Buffers go back here once written.
+        self.pool: dict[int, list[Any]] = {}
+        self.buffers: list[Any] = []
 
     @property
     def writer(self) -> Any:
@@ -292,27 +303,102 @@ _SOURCE: contextvars.ContextVar[_Source | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def writing_blobs(directory: str, file: str) -> Iterator[Callable[[], int]]:
-    """Within the block, tensors that are encoded go to ``directory/file``.
+def _staged(sink: _Sink, obj: Any) -> Any:
+    """A copy of ``obj`` in host memory (pinned for CUDA) that views a copied storage."""
+    import numpy as np
+    import torch
 
-    Yields a function that writes the blob file (if any tensor was added), fills the
-    checksums into the references, and returns the number of entries.
+    nbytes = obj.nbytes if isinstance(obj, np.ndarray) else obj.untyped_storage().nbytes()
+    if sink.limit is not None and sink.staged_bytes + nbytes > sink.limit:
+        sink.overflow = True  # over the staging budget: the caller writes synchronously
+        return obj
+    if isinstance(obj, np.ndarray):
+        sink.staged_bytes += obj.nbytes
+        return obj.copy()
+    storage = obj.untyped_storage()
+    key = (storage.data_ptr(), storage.device, storage.nbytes())
+    copy = sink.staged.get(key)
+    if copy is None:
+        free = sink.pool.get(storage.nbytes())
+        buffer = (
+            free.pop()
+            if free
+            else torch.empty(
+                storage.nbytes(),
+                dtype=torch.uint8,
+                pin_memory=obj.is_cuda and torch.cuda.is_available(),
+            )
+        )
+        # A blocking copy: the writer thread reads the buffer right away.
+        buffer.copy_(torch.empty(0, dtype=torch.uint8, device=obj.device).set_(storage))
+        sink.buffers.append(buffer)
+        copy = sink.staged[key] = buffer.untyped_storage()
+        sink.staged_bytes += storage.nbytes()
+    view = torch.empty(0, dtype=obj.dtype)
+    view.set_(copy, obj.storage_offset(), obj.size(), obj.stride())
+    return view
+
+
+class BlobFlush:
+    """Writes the blob file of a ``writing_blobs`` block: ``flush()`` -> entry count.
+
+    ``staged_bytes`` and ``overflow`` tell how much was copied to staging buffers and
+    whether the staging budget ran out (then the originals are read when flushing, so
+    the flush must happen before training changes them).
     """
-    sink = _Sink(directory, file)
-    token = _SINK.set(sink)
 
-    def flush() -> int:
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes copied to staging buffers."""
+        return self._sink.staged_bytes
+
+    @property
+    def overflow(self) -> bool:
+        """Whether some tensors were left unstaged because of the staging limit."""
+        return self._sink.overflow
+
+    def __call__(self) -> int:
+        sink = self._sink
         if not sink.pending:
             return 0
         refs = sink.writer.write()
         by_key = {ref.key: ref for ref in refs}
         for node in sink.pending:
             node.fields["checksum"] = by_key[node.fields["key"]].checksum
+        sink.staged.clear()  # the staging buffers can be reused now
+        for buffer in sink.buffers:
+            sink.pool.setdefault(buffer.numel(), []).append(buffer)
+        sink.buffers.clear()
         return len(by_key)
 
+
+@contextlib.contextmanager
+def writing_blobs(
+    directory: str,
+    file: str,
+    *,
+    stage: bool = False,
+    staging_limit: int | None = None,
+    staging_pool: dict[int, list[Any]] | None = None,
+) -> Iterator[BlobFlush]:
+    """Within the block, tensors that are encoded go to ``directory/file``.
+
+    Yields a :class:`BlobFlush` that writes the blob file (if any tensor was added),
+    fills the checksums into the references, and returns the number of entries. With
+    ``stage``, tensors are copied to host staging buffers (at most ``staging_limit``
+    bytes, reused from ``staging_pool`` across saves) as they are encoded, so the flush
+    may run later, in another thread, while training changes the originals.
+    """
+    sink = _Sink(directory, file, stage)
+    sink.limit = staging_limit
+    if staging_pool is not None:
+        sink.pool = staging_pool
+    token = _SINK.set(sink)
     try:
-        yield flush
+        yield BlobFlush(sink)
     finally:
         _SINK.reset(token)
 
@@ -366,7 +452,7 @@ def _encode_array(obj: Any, path: Path, kind: str) -> Any:
             f"{_fmt(path)} holds a {'tensor' if kind == 'torch' else 'array'}; tensors are "
             "stored in blob files beside the text, so dump() needs a path"
         )
-    ref = sink.writer.add(_key_hint(path), obj)
+    ref = sink.writer.add(_key_hint(path), _staged(sink, obj) if sink.stage else obj)
     fields = {
         "file": ref.file,
         "key": ref.key,

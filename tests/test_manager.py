@@ -11,11 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fsspec
 import pytest
 import torch
+from fsspec.implementations.memory import MemoryFileSystem
 
 import hyperstate
-from hyperstate.storage import CheckpointStore
+from hyperstate.storage import CheckpointStore, StorageError
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, str(ROOT / "examples" / "stateful" / "train.py")]
@@ -166,3 +168,57 @@ def test_killed_training_resumes_bit_exact(tmp_path: Path) -> None:
         if latest is not None:
             assert [p for p in store.verify(latest) if p.fatal] == []
     assert finish(killed) == expected
+
+
+class FailingFS(MemoryFileSystem):  # type: ignore[misc]
+    """Real in-memory storage whose writes of chosen files fail, as a full disk would."""
+
+    protocol = "failingmem"
+    fail_suffix: str | None = None
+
+    def pipe_file(self, path: str, value: bytes, *args: object, **kwargs: object) -> None:
+        if self.fail_suffix and str(path).endswith(self.fail_suffix):
+            raise PermissionError(f"injected: cannot write {path}")
+        super().pipe_file(path, value, *args, **kwargs)
+
+
+fsspec.register_implementation("failingmem", FailingFS, clobber=True)
+
+
+def test_async_save_returns_before_writing_and_commits_in_the_background(tmp_path: Path) -> None:
+    with hyperstate.HyperState.load(
+        Config, State, fresh, None, tmp_path, "step", async_save=True
+    ) as hs:
+        run_steps(hs, 3)
+        # The staged copy is what gets written, not the tensor as it is now.
+        hs.state.weights += 100.0
+    store = CheckpointStore(str(tmp_path))
+    assert [i.number for i in store.list()] == [1, 2, 3]
+    restored = hyperstate.HyperState.load(Config, State, fresh, None, tmp_path, "step")
+    assert torch.allclose(restored.state.weights, torch.full((4,), 0.3))
+
+
+def test_async_save_error_is_raised_at_the_next_call_never_lost() -> None:
+    url = f"failingmem://async-{time.monotonic_ns()}"
+    hs = hyperstate.HyperState.load(Config, State, fresh, None, url, "step", async_save=True)
+    run_steps(hs, 1)
+    hs.wait()
+    FailingFS.fail_suffix = "state.ron"
+    try:
+        run_steps(hs, 1)  # submitted; fails in the background
+        with pytest.raises(StorageError, match="injected: cannot write"):
+            run_steps(hs, 1)
+        hs.close()
+    finally:
+        FailingFS.fail_suffix = None
+    store = CheckpointStore(url)
+    assert [i.number for i in store.list()] == [1]
+
+
+def test_staging_budget_falls_back_to_a_synchronous_write(tmp_path: Path) -> None:
+    with hyperstate.HyperState.load(
+        Config, State, fresh, None, tmp_path, "step", async_save=True, max_staging_bytes=8
+    ) as hs:
+        run_steps(hs, 1)
+        assert hs._inflight is None  # over budget: written before step() returned
+    assert CheckpointStore(str(tmp_path)).latest() is not None
