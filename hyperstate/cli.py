@@ -40,9 +40,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the config class, e.g. config:Config (the current directory is importable)",
     )
     schema_cli.add_commands(schema)
+    edit = commands.add_parser(
+        "set",
+        help="edit the hyperparameters of a running experiment",
+        description="Ask the run that checkpoints to RUN_DIR to apply path=value overrides at "
+        "its next step(); the outcome is written next to the request (.applied / .rejected).",
+    )
+    edit.add_argument(
+        "run_dir", metavar="RUN_DIR", help="the run's checkpoint_dir (any fsspec URL)"
+    )
+    edit.add_argument("overrides", nargs="+", metavar="path=value")
     args = parser.parse_args(argv)
     if args.group is None:
         parser.print_help()
+        return 0
+    if args.group == "set":
+        from hyperstate.edits import request_edit
+
+        print(f"requested: {request_edit(args.run_dir, args.overrides)}")
         return 0
     if args.command is None:
         schema.print_help()

@@ -30,6 +30,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from hyperstate import _fs, ron
 from hyperstate.configs import dumps, load
+from hyperstate.edits import apply_edit_requests
 from hyperstate.errors import ConfigError, HyperstateError, Issue
 from hyperstate.scheduled import check_schedule_fields, update_schedules
 from hyperstate.serde import plain, to_value
@@ -113,6 +114,8 @@ class StateManager(Generic[C, S]):
             raised by the next ``step()``, ``checkpoint()`` or ``close()``.
         max_staging_bytes: a budget for staging buffers; tensors beyond it are written
             before ``checkpoint()`` returns, as in a synchronous save.
+        edit_check_seconds: how often ``step()`` looks for live edit requests in
+            ``checkpoint_dir`` (see :mod:`hyperstate.edits`); None turns them off.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class StateManager(Generic[C, S]):
         ctx: dict[str, Any] | None = None,
         async_save: bool = False,
         max_staging_bytes: int | None = None,
+        edit_check_seconds: float | None = 5.0,
     ) -> None:
         self.config_clz = config_clz
         self.state_clz = state_clz
@@ -143,6 +147,8 @@ class StateManager(Generic[C, S]):
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: Future[CheckpointInfo] | None = None
         self._staging_pool: dict[int, list[Any]] = {}
+        self.edit_check_seconds = edit_check_seconds
+        self._last_edit_check = time.monotonic()
         self.store = CheckpointStore(os.fspath(checkpoint_dir)) if checkpoint_dir else None
         self.resumed_from: CheckpointInfo | None = None
         overrides = list(overrides or [])
@@ -182,9 +188,20 @@ class StateManager(Generic[C, S]):
         """Apply schedules to the config, then checkpoint if the policy says so."""
         self._raise_background_error()
         self._steps += 1
+        self._check_edits()
         update_schedules(self.config, self.state)
         if self.store is not None and self._due():
             self.checkpoint()
+
+    def _check_edits(self) -> None:
+        if self.store is None or self.edit_check_seconds is None:
+            return
+        now = time.monotonic()
+        if now - self._last_edit_check < self.edit_check_seconds:
+            return
+        self._last_edit_check = now
+        if apply_edit_requests(self.store.url, self.config):
+            check_schedule_fields(self.config, self.state)
 
     def _due(self) -> bool:
         every, seconds = self.policy.every_steps, self.policy.every_seconds
