@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
 
 import hyperstate
@@ -214,6 +215,11 @@ def load_blobs_unverified(d: Path, like: State) -> State:
 
 
 @dataclass
+class BenchConfig:
+    name: str = "bench"
+
+
+@dataclass
 class BenchState:
     """The same tensors as a hyperstate state dataclass: dump writes state.ron + blobs."""
 
@@ -236,6 +242,37 @@ def load_hyperstate(d: Path, like: State) -> State:
     return loaded
 
 
+def _manager(root: str, state: State | None) -> hyperstate.HyperState[BenchConfig, BenchState]:
+    return hyperstate.HyperState.load(
+        BenchConfig,
+        BenchState,
+        lambda c: BenchState(step=1, tensors=state or {}),
+        None,
+        root,
+        "step",
+        edit_check_seconds=None,
+    )
+
+
+def save_manager(state: State, d: Path) -> None:
+    _manager(str(d), state).checkpoint()
+
+
+def load_manager(d: Path, like: State) -> State:
+    return _manager(str(d), None).state.tensors
+
+
+def save_manager_memory(state: State, d: Path) -> None:
+    memory = fsspec.filesystem("memory")
+    if memory.exists("/bench"):
+        memory.rm("/bench", recursive=True)  # one state in memory at a time
+    _manager("memory://bench", state).checkpoint()
+
+
+def load_manager_memory(d: Path, like: State) -> State:
+    return _manager("memory://bench", None).state.tensors
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -252,6 +289,8 @@ METHODS = [
     Method("hyperstate blobs", save_blobs, load_blobs),
     Method("hyperstate blobs (verify=False)", save_blobs, load_blobs_unverified),
     Method("hyperstate.dump / load", save_hyperstate, load_hyperstate),
+    Method("HyperState checkpoint / resume", save_manager, load_manager),
+    Method("HyperState on memory://", save_manager_memory, load_manager_memory),
 ]
 
 

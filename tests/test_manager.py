@@ -222,3 +222,13 @@ def test_staging_budget_falls_back_to_a_synchronous_write(tmp_path: Path) -> Non
         run_steps(hs, 1)
         assert hs._inflight is None  # over budget: written before step() returned
     assert CheckpointStore(str(tmp_path)).latest() is not None
+
+
+def test_policy_every_seconds(tmp_path: Path) -> None:
+    policy = hyperstate.CheckpointPolicy(every_seconds=0.2)
+    hs = hyperstate.HyperState.load(Config, State, fresh, None, tmp_path, "step", policy=policy)
+    run_steps(hs, 3)  # well within 0.2 s: nothing yet
+    assert CheckpointStore(str(tmp_path)).list() == []
+    time.sleep(0.25)
+    run_steps(hs, 1)
+    assert [i.number for i in CheckpointStore(str(tmp_path)).list()] == [4]
