@@ -989,9 +989,10 @@ class BlobReader:
             size = int(self._fs.size(self._path))
         except FileNotFoundError:
             raise BlobError("the blob file does not exist", self.file) from None
-        first = self._fs.cat_file(self._path, 0, 8) if size >= 8 else b""
+        # By keyword: s3fs's cat_file takes version_id as its second argument.
+        first = self._fs.cat_file(self._path, start=0, end=8) if size >= 8 else b""
         length = self._header_length(first, size)
-        text = self._fs.cat_file(self._path, 8, 8 + length)
+        text = self._fs.cat_file(self._path, start=8, end=8 + length)
         return self._parse_header(text, 8 + length, size)
 
     def _header_length(self, first: bytes, size: int) -> int:
@@ -1001,7 +1002,7 @@ class BlobReader:
                 "(truncated?)",
                 self.file,
             )
-        length = int.from_bytes(first, "little")
+        length = int.from_bytes(first[:8], "little")
         if length > _MAX_HEADER:
             raise BlobError(
                 f"expected a header of at most {_MAX_HEADER} bytes, found a header size of "
@@ -1148,7 +1149,7 @@ class BlobReader:
         data = self._fetched.get(key)
         if data is None:
             nbytes = info.end - info.start
-            raw = self._fs.cat_file(self._path, info.start, info.end) if nbytes else b""
+            raw = self._fs.cat_file(self._path, start=info.start, end=info.end) if nbytes else b""
             if len(raw) != nbytes:
                 raise BlobError(
                     f"expected {nbytes} bytes, read {len(raw)} (file changed or truncated?)",

@@ -1,4 +1,4 @@
-"""The checkpoint store: one suite run against local disk and ``memory://``, plus faults.
+"""The checkpoint store: one suite run against local disk, ``memory://`` and S3, plus faults.
 
 Every backend must give the same answers: a checkpoint exists exactly when its
 ``COMMITTED`` does, uncommitted directories are invisible and cleaned up, ``verify`` tells
@@ -64,10 +64,15 @@ def write(url: str, data: bytes) -> None:
     fs.pipe_file(path, data)
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "local":
         yield str(tmp_path / "ckpt")
+        return
+    if request.param == "s3":
+        # A fresh bucket on the moto server of conftest.py; deleted afterwards.
+        bucket: str = request.getfixturevalue("s3_bucket")
+        yield f"{bucket}/runs/ckpt"
         return
     url = f"memory://hyperstate-test-{uuid.uuid4().hex}"
     yield url
