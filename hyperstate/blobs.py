@@ -372,7 +372,8 @@ class BlobWriter:
 
     :meth:`add` only records the value and decides where it goes (no bytes are
     copied); :meth:`write` writes the file in one pass. The values must not change
-    between the two. After writing, ``written_bytes`` holds the size of the file.
+    between the two. After writing, ``written_bytes`` holds the size of the file and
+    ``file_checksum`` its xxh3-64 checksum.
 
     A tensor that owns its storage (parameters, optimizer moments) becomes one entry of
     its own dtype and shape. A view (``w.t()``, ``w[0]``, ``w[::2]``) is stored with its
@@ -392,6 +393,8 @@ class BlobWriter:
         self.directory = os.fspath(directory)
         self.file = _check_relative(file)
         self.written_bytes = 0
+        #: ``"xxh3-64:<hex>"`` of the whole file, once written.
+        self.file_checksum = ""
         self._entries: list[_Entry] = []
         # Per add() call, the ref returned and the entry it points into.
         self._refs: list[BlobRef] = []
@@ -625,8 +628,14 @@ class BlobWriter:
         header: bytearray,
         entries: list[_Entry],
     ) -> None:
-        """Write the header and each entry, checksumming big entries in a thread meanwhile."""
+        """Write the header and each entry, checksumming big entries in a thread meanwhile.
+
+        The same thread also hashes the whole file in order (``file_checksum``), so that
+        a checkpoint manifest can list the file without reading it back.
+        """
+        whole = xxhash.xxh3_64()
         write(header)
+        whole.update(header)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperstate-xxh3") as pool:
             pending: list[tuple[_Entry, Future[str]]] = []
             copy_hashing: Future[str] | None = None
@@ -644,10 +653,15 @@ class BlobWriter:
                         copy_hashing = future
                 else:
                     e.checksum = checksum(data)
+                # One worker runs tasks in order: the file hash sees the bytes as written.
+                last = pool.submit(whole.update, data)
+                if copied:
+                    last.result()  # a temporary copy is not kept waiting for its hashes
                 write(data)
                 del data
             for e, future in pending:
                 e.checksum = future.result()
+        self.file_checksum = "xxh3-64:" + whole.hexdigest()
 
     def _bytes_of(self, e: _Entry) -> tuple[memoryview, bool]:
         """The entry's bytes, and whether they are a temporary copy."""

@@ -252,8 +252,8 @@ class StateManager(Generic[C, S]):
     ) -> CheckpointInfo:
         try:
             pending.write_file("config.ron", config_text.encode("utf-8"))
-            if flush():
-                pending.record(_BLOB_FILE)
+            if flush():  # the writer hashed the file as it wrote it: no second read
+                pending.record(_BLOB_FILE, size=flush.file_size, checksum=flush.file_checksum)
             pending.write_file("state.ron", (ron.dumps(tree) + "\n").encode("utf-8"))
             info = pending.commit()
         except BaseException:

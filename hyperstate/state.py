@@ -360,6 +360,18 @@ class BlobFlush:
         """Whether some tensors were left unstaged because of the staging limit."""
         return self._sink.overflow
 
+    @property
+    def file_size(self) -> int:
+        """The size of the blob file written (0 before the flush)."""
+        writer = self._sink._writer
+        return int(writer.written_bytes) if writer is not None else 0
+
+    @property
+    def file_checksum(self) -> str:
+        """The xxh3-64 checksum of the whole blob file written ("" before the flush)."""
+        writer = self._sink._writer
+        return str(writer.file_checksum) if writer is not None else ""
+
     def __call__(self) -> int:
         sink = self._sink
         if not sink.pending:
