@@ -44,6 +44,7 @@ __all__ = [
     "closest",
     "describe",
     "did_you_mean",
+    "encode_plain",
     "from_value",
     "plain",
     "to_value",
@@ -579,6 +580,14 @@ def to_value(obj: Any, cls: Any = None, *, elide_defaults: bool = False) -> Any:
             return _encode_any(obj, (), elide_defaults)
     node = cls if isinstance(cls, SchemaType) else schema_of(cls)
     return _encoder(node)(obj, (), elide_defaults)
+
+
+def encode_plain(obj: Any, path: Path = ()) -> Any:
+    """The value tree of a plain Python value (as for an ``Any`` field), at ``path``.
+
+    Values the plain types do not cover go to ``Hooks.encode_any`` (tensors, arrays).
+    """
+    return _encode_any(obj, path, False)
 
 
 def _is_dataclass_type(cls: Any) -> bool:

@@ -33,7 +33,7 @@ from hyperstate import ron
 from hyperstate.errors import ConfigError, HyperstateError, Issue, PathSegment, format_path
 from hyperstate.ron import Struct
 from hyperstate.schema import types as t
-from hyperstate.serde import Hooks, describe, from_value, plain, to_value
+from hyperstate.serde import Hooks, describe, encode_plain, from_value, plain, to_value
 
 __all__ = [
     "Blob",
@@ -113,7 +113,7 @@ class TensorType(t.SchemaType):
         def dec(v: Any, path: Path, cx: Any) -> Any:
             if type(v) is Struct and v.name in ("Tensor", "Array"):
                 return _decode_array(v, path)
-            return cx.fail(path, f"expected a Tensor(...) reference, found {_describe(v)}")
+            return cx.fail(path, f"expected a Tensor(...) reference, found {describe(v)}")
 
         return dec
 
@@ -137,7 +137,7 @@ class SerializableType(t.SchemaType):
             inner = v.fields.get("state") if type(v) is Struct else None
             if type(v) is not Struct or "state" not in v.fields:
                 return cx.fail(
-                    path, f"expected {self.cls.__name__}(state: ...), found {_describe(v)}"
+                    path, f"expected {self.cls.__name__}(state: ...), found {describe(v)}"
                 )
             source = _SOURCE.get()
             ctx = dict(source.ctx) if source is not None else {}
@@ -162,14 +162,14 @@ class StatefulType(t.SchemaType):
         def dec(v: Any, path: Path, cx: Any) -> Any:
             if type(v) is not Struct or "state" not in v.fields:
                 return cx.fail(
-                    path, f"expected {self.cls.__name__}(state: ...), found {_describe(v)}"
+                    path, f"expected {self.cls.__name__}(state: ...), found {describe(v)}"
                 )
             target = _initial_object(path)
             if target is None:
                 raise StateError(
-                    f"{_fmt(path)} holds a {self.cls.__name__}, which is restored by loading its "
-                    "state into an existing object; pass initial_state= (a function of the "
-                    "config, or a state object) to load()"
+                    f"{format_path(path)} holds a {self.cls.__name__}, which is restored by "
+                    "loading its state into an existing object; pass initial_state= (a "
+                    "function of the config, or a state object) to load()"
                 )
             _load_state_dict(target, _decode_plain(v.fields["state"], path))
             return target
@@ -197,9 +197,9 @@ class BlobType(t.SchemaType):
     def decoder(self) -> Callable[[Any, Path, Any], Any]:
         def dec(v: Any, path: Path, cx: Any) -> Any:
             if type(v) is not Struct or v.name != "Blob" or "ron" not in v.fields:
-                return cx.fail(path, f"expected Blob(ron: Tensor(...)), found {_describe(v)}")
+                return cx.fail(path, f"expected Blob(ron: Tensor(...)), found {describe(v)}")
             data = _decode_array(v.fields["ron"], path)
-            tree = ron.loads(bytes(data).decode("utf-8"), path=f"<blob at {_fmt(path)}>")
+            tree = ron.loads(bytes(data).decode("utf-8"), path=f"<blob at {format_path(path)}>")
             return from_value(self.inner, tree)
 
         return dec
@@ -461,7 +461,7 @@ def _encode_array(obj: Any, path: Path, kind: str) -> Any:
     sink = _SINK.get()
     if sink is None:
         raise StateError(
-            f"{_fmt(path)} holds a {'tensor' if kind == 'torch' else 'array'}; tensors are "
+            f"{format_path(path)} holds a {'tensor' if kind == 'torch' else 'array'}; tensors are "
             "stored in blob files beside the text, so dump() needs a path"
         )
     ref = sink.writer.add(_key_hint(path), _staged(sink, obj) if sink.stage else obj)
@@ -513,7 +513,7 @@ def _decode_array(v: Struct, path: Path) -> Any:
         return torch.tensor(fields["value"], dtype=dtype, device=device)
     source = _SOURCE.get()
     if source is None:
-        raise StateError(f"{_fmt(path)} refers to a blob file; load it from a path")
+        raise StateError(f"{format_path(path)} refers to a blob file; load it from a path")
     from hyperstate.blobs import BlobRef
 
     try:
@@ -552,20 +552,8 @@ def _key_hint(path: Path) -> str:
 
 
 def _encode_plain(obj: Any, path: Path) -> Any:
-    return _encode_any_with_arrays(obj, path, to_value)
-
-
-def _encode_any_with_arrays(obj: Any, path: Path, to_value: Callable[..., Any]) -> Any:
-    kind = _array_kind(obj)
-    if kind is not None:
-        return _encode_array(obj, path, kind)
-    if isinstance(obj, dict):
-        return {k: _encode_any_with_arrays(x, (*path, k), to_value) for k, x in obj.items()}
-    if isinstance(obj, list):
-        return [_encode_any_with_arrays(x, (*path, i), to_value) for i, x in enumerate(obj)]
-    if isinstance(obj, tuple):
-        return tuple(_encode_any_with_arrays(x, (*path, i), to_value) for i, x in enumerate(obj))
-    return to_value(obj)
+    # Tensors and arrays inside reach _encode_any_hook through serde's Any encoder.
+    return encode_plain(obj, path)
 
 
 def _array_kind(obj: Any) -> str | None:
@@ -700,11 +688,3 @@ Hooks.encode_any = _encode_any_hook
 Hooks.decode_any = _decode_plain
 Hooks.defer = holds_blobs
 Hooks.pending = lazy_field
-
-
-def _describe(v: Any) -> str:
-    return describe(v)
-
-
-def _fmt(path: Path) -> str:
-    return format_path(path)
