@@ -147,6 +147,7 @@ class StateManager(Generic[C, S]):
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: Future[CheckpointInfo] | None = None
         self._staging_pool: dict[int, list[Any]] = {}
+        self._metrics: dict[int, float] = {}  # best_field value by checkpoint number
         self.edit_check_seconds = edit_check_seconds
         self._last_edit_check = time.monotonic()
         self.store = CheckpointStore(os.fspath(checkpoint_dir)) if checkpoint_dir else None
@@ -259,6 +260,8 @@ class StateManager(Generic[C, S]):
         except BaseException:
             pending.abort()
             raise
+        if self.policy.best_field:
+            self._metrics[info.number] = _field_metric(tree, self.policy.best_field)
         self._retain()
         return info
 
@@ -294,7 +297,16 @@ class StateManager(Generic[C, S]):
         if rules.keep_last is None and rules.keep_every is None and rules.keep_best is None:
             return
         best = self.policy.best_field
-        self.store.retain(rules, (lambda info: _metric(info, best)) if best else None)
+        if best is None:
+            self.store.retain(rules)
+            return
+
+        def metric(info: CheckpointInfo) -> float:
+            # Known for the checkpoints this run wrote; read only for older ones.
+            known = self._metrics.get(info.number)
+            return known if known is not None else _metric(info, best)
+
+        self.store.retain(rules, metric)
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -375,6 +387,11 @@ def _checkpoint_at(path: str) -> CheckpointInfo:
 
 def _metric(info: CheckpointInfo, field_path: str) -> float:
     tree = ron.loads(_fs.read_text(f"{info.path}/state.ron"), path=f"{info.path}/state.ron")
+    return _field_metric(tree, field_path)
+
+
+def _field_metric(tree: Any, field_path: str) -> float:
+    """The number at ``field_path`` of a state's value tree (NaN when there is none)."""
     value: Any = plain(tree)
     for name in field_path.split("."):
         value = value.get(name) if isinstance(value, dict) else None
