@@ -14,9 +14,11 @@ from hyperstate.args import from_args
 from hyperstate.configs import dump, dumps, load, loads
 from hyperstate.errors import ConfigError, HyperstateError, Issue, ParseError
 from hyperstate.manager import CheckpointPolicy, HyperState, StateManager
+from hyperstate.schedule import ScheduleError
 from hyperstate.schema.cli import schema_evolution_cli
 from hyperstate.schema.versioned import Versioned
-from hyperstate.state import Blob, Lazy, Serializable
+from hyperstate.state import Blob, Lazy, Serializable, StateError
+from hyperstate.storage import StorageError
 
 __version__ = "0.1.0"
 
@@ -29,8 +31,11 @@ __all__ = [
     "Issue",
     "Lazy",
     "ParseError",
+    "ScheduleError",
     "Serializable",
+    "StateError",
     "StateManager",
+    "StorageError",
     "Versioned",
     "__version__",
     "dump",
