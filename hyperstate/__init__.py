@@ -10,14 +10,16 @@
 Config(lr=0.1, batch_size=32)
 """
 
+from hyperstate import distributed
 from hyperstate.args import from_args
 from hyperstate.configs import dump, dumps, load, loads
+from hyperstate.distributed import DistributedError
 from hyperstate.errors import ConfigError, HyperstateError, Issue, ParseError
 from hyperstate.manager import CheckpointPolicy, HyperState, StateManager
 from hyperstate.schedule import ScheduleError
 from hyperstate.schema.cli import schema_evolution_cli
 from hyperstate.schema.versioned import Versioned
-from hyperstate.state import Blob, Lazy, Serializable, StateError
+from hyperstate.state import Blob, Lazy, PerRank, Serializable, StateError
 from hyperstate.storage import StorageError
 
 __version__ = "0.1.0"
@@ -26,11 +28,13 @@ __all__ = [
     "Blob",
     "CheckpointPolicy",
     "ConfigError",
+    "DistributedError",
     "HyperState",
     "HyperstateError",
     "Issue",
     "Lazy",
     "ParseError",
+    "PerRank",
     "ScheduleError",
     "Serializable",
     "StateError",
@@ -38,6 +42,7 @@ __all__ = [
     "StorageError",
     "Versioned",
     "__version__",
+    "distributed",
     "dump",
     "dumps",
     "from_args",

@@ -124,12 +124,47 @@ def load(
     if path is None:
         return _build(cls, Struct(None, {}), None, "<defaults>", overrides, ignore_extra_fields)
     name = os.fspath(path)
-    text = _fs.read_text(name)
+    return _load_text(
+        cls,
+        name,
+        _fs.read_text(name),
+        overrides,
+        ignore_extra_fields=ignore_extra_fields,
+        ctx=ctx,
+        initial_state=initial_state,
+        map_location=map_location,
+        verify=verify,
+    )
+
+
+def _load_text(
+    cls: type[T],
+    name: str,
+    text: str,
+    overrides: Sequence[str] | None = None,
+    *,
+    ignore_extra_fields: bool = False,
+    ctx: dict[str, Any] | None = None,
+    initial_state: Any = None,
+    map_location: Any = None,
+    verify: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    per_rank_reinit: bool = False,
+) -> T:
+    """:func:`load` of the ``text`` of file ``name`` (already read, e.g. by another rank)."""
     tree = ron.loads(text, path=name)
     context = dict(ctx or {})
     initial = initial_state(context.get("config")) if callable(initial_state) else initial_state
     with reading_blobs(
-        _split(name)[0], ctx=context, initial=initial, map_location=map_location, verify=verify
+        _split(name)[0],
+        ctx=context,
+        initial=initial,
+        map_location=map_location,
+        verify=verify,
+        rank=rank,
+        world_size=world_size,
+        per_rank_reinit=per_rank_reinit,
     ):
         return _build(cls, tree, text, name, overrides, ignore_extra_fields)
 

@@ -41,10 +41,14 @@ def request_edit(run_dir: str | os.PathLike[str], overrides: Sequence[str]) -> s
     return path
 
 
-def apply_edit_requests(run_dir: str, config: Any) -> list[str]:
+def apply_edit_requests(
+    run_dir: str, config: Any, applied: list[list[str]] | None = None
+) -> list[str]:
     """Apply pending edit requests of ``run_dir`` to ``config`` in place; return their paths.
 
-    Each request is applied whole or not at all, oldest first.
+    Each request is applied whole or not at all, oldest first. The overrides of each
+    applied request are appended to ``applied`` (so that other ranks can apply them too,
+    with :func:`apply_edit`).
     """
     fs, root = _fs.url_to_fs(f"{run_dir.rstrip('/')}/{EDITS_DIR}")
     try:
@@ -58,11 +62,13 @@ def apply_edit_requests(run_dir: str, config: Any) -> list[str]:
             continue
         try:
             overrides = _read_request(fs, name)
-            changes = _apply(config, overrides)
+            changes = apply_edit(config, overrides)
         except (HyperstateError, ValueError, OSError) as e:
             log.warning("rejected live edit %s: %s", name, e)
             fs.pipe_file(f"{name}.rejected", f"{e}\n".encode())
         else:
+            if applied is not None:
+                applied.append(overrides)
             for path, (old, new) in changes.items():
                 log.info("live edit %s: %s -> %s", path, old, new)
             report = "".join(f"{p}: {o!r} -> {n!r}\n" for p, (o, n) in changes.items())
@@ -78,7 +84,12 @@ def _read_request(fs: Any, name: str) -> list[str]:
     return value
 
 
-def _apply(config: Any, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+def apply_edit(config: Any, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+    """Apply ``overrides`` to ``config`` in place, all or none; return the changed fields.
+
+    Returns ``{dotted path: (old, new)}``. Raises :class:`ConfigError` when an override
+    does not fit, leaving ``config`` as it was.
+    """
     node = struct_schema(type(config))
     tree = with_schedule_text(config, to_value(config))
     tree, _ = apply_overrides(node, tree, overrides)

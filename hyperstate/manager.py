@@ -26,29 +26,66 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from hyperstate import _fs, ron
-from hyperstate.configs import dumps, load
-from hyperstate.edits import apply_edit_requests
+from hyperstate.configs import _load_text, dumps, load, loads
+from hyperstate.edits import apply_edit, apply_edit_requests
 from hyperstate.errors import ConfigError, HyperstateError, Issue
 from hyperstate.scheduled import check_schedule_fields, update_schedules
 from hyperstate.serde import plain, to_value
-from hyperstate.state import BlobFlush, writing_blobs
+from hyperstate.state import BlobPlan, Planned, planning_blobs
 from hyperstate.storage import (
     COMMITTED,
     CheckpointInfo,
     CheckpointStore,
+    Manifest,
     PendingCheckpoint,
     RetentionPolicy,
 )
 
-__all__ = ["CheckpointPolicy", "HyperState", "StateManager"]
+__all__ = ["COORDINATOR", "CheckpointPolicy", "Coordinator", "HyperState", "StateManager"]
 
 C = TypeVar("C")
 S = TypeVar("S")
 
-_BLOB_FILE = "blobs/rank-00000.safetensors"
+
+def blob_file(rank: int) -> str:
+    """The blob file of ``rank`` in a checkpoint directory."""
+    return f"blobs/rank-{rank:05d}.safetensors"
+
+
+class Coordinator(Protocol):
+    """How a manager talks to the other ranks of its job (see :mod:`hyperstate.distributed`).
+
+    Steps are named; every rank runs every step; a failure on any rank is raised on all.
+    """
+
+    rank: int
+    world_size: int
+
+    @property
+    def distributed(self) -> bool: ...
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def run(
+        self, step: str, fn: Callable[[], bytes], *, background: bool = ..., context: str = ...
+    ) -> list[bytes]: ...
+
+    def run_on_main(
+        self, step: str, fn: Callable[[], bytes], *, background: bool = ..., context: str = ...
+    ) -> bytes: ...
+
+    def flag(self, step: str, value: int) -> int: ...
+
+    def assign(self, items: Sequence[Planned]) -> list[int]: ...
+
+
+#: Makes the coordinator of each new manager from a collective timeout in seconds (None:
+#: the default). :mod:`hyperstate.distributed` installs it when ``hyperstate`` is imported.
+COORDINATOR: Callable[[float | None], Coordinator] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +153,15 @@ class StateManager(Generic[C, S]):
             before ``checkpoint()`` returns, as in a synchronous save.
         edit_check_seconds: how often ``step()`` looks for live edit requests in
             ``checkpoint_dir`` (see :mod:`hyperstate.edits`); None turns them off.
+        per_rank: what to do with ``PerRank`` fields of a checkpoint written by another
+            number of ranks: ``"error"`` (a :class:`~hyperstate.StateError`) or
+            ``"reinit"`` (keep the values ``initial_state`` builds).
+        collective_timeout: under ``torchrun``, how many seconds a rank waits for the
+            others (e.g. for one that died mid-save) before raising
+            :class:`~hyperstate.distributed.DistributedError`; default 300.
+
+    Under ``torchrun`` every rank constructs the manager with the same arguments and calls
+    ``step()`` / ``checkpoint()`` at the same points; see docs/distributed.md.
     """
 
     def __init__(
@@ -133,6 +179,8 @@ class StateManager(Generic[C, S]):
         async_save: bool = False,
         max_staging_bytes: int | None = None,
         edit_check_seconds: float | None = 5.0,
+        per_rank: Literal["error", "reinit"] = "error",
+        collective_timeout: float | None = None,
     ) -> None:
         self.config_clz = config_clz
         self.state_clz = state_clz
@@ -152,34 +200,71 @@ class StateManager(Generic[C, S]):
         self._last_edit_check = time.monotonic()
         self.store = CheckpointStore(os.fspath(checkpoint_dir)) if checkpoint_dir else None
         self.resumed_from: CheckpointInfo | None = None
+        if per_rank not in ("error", "reinit"):
+            raise ValueError(f"per_rank must be 'error' or 'reinit', got {per_rank!r}")
+        self.per_rank = per_rank
+        assert COORDINATOR is not None, "hyperstate.distributed installs the coordinator"
+        self.ranks = COORDINATOR(collective_timeout)
         overrides = list(overrides or [])
 
-        source = self.store.latest() if self.store is not None else None
-        if source is None and path is not None and _is_checkpoint(os.fspath(path)):
-            source = _checkpoint_at(os.fspath(path))
-        if source is not None:
-            self.config, self.state = self._restore(source, overrides)
+        # Rank 0 picks the checkpoint (or config file) and sends its text to every rank,
+        # so that all resume from the same one, with the same config.
+        found = ron.loads(
+            self.ranks.run_on_main("find checkpoint", lambda: self._find(path)).decode(),
+            path="<checkpoint chosen by rank 0>",
+        )
+        if "number" in found:
+            manifest = Manifest.loads(found["manifest"], f"{found['path']}/{COMMITTED}")
+            source = CheckpointInfo(found["number"], found["path"], manifest)
+            self.config, self.state = self._restore(source, found, overrides)
             self.resumed_from = source
             self._steps = source.number if checkpoint_key is None else 0
+        elif found.get("config") is not None:
+            self.config = loads(config_clz, found["config"], overrides, path=found["name"])
+            self.state = initial_state(self.config)
         else:
-            config_path = os.fspath(path) if path is not None else None
-            self.config = load(config_clz, config_path, overrides)
+            self.config = load(config_clz, None, overrides)
             self.state = initial_state(self.config)
         check_schedule_fields(self.config, self.state)
         update_schedules(self.config, self.state)
-        if self.store is not None:
-            self.store.cleanup_uncommitted()
 
     # -- loading --------------------------------------------------------------------------
 
-    def _restore(self, info: CheckpointInfo, overrides: list[str]) -> tuple[C, S]:
-        config = load(self.config_clz, f"{info.path}/config.ron", overrides)
+    def _find(self, path: str | os.PathLike[str] | None) -> bytes:
+        """On rank 0: the checkpoint to resume from and its text files, or the config's."""
+        found: dict[str, Any] = {}
+        source = None
+        if self.store is not None:
+            self.store.cleanup_uncommitted()
+            source = self.store.latest()
+        if source is None and path is not None and _is_checkpoint(os.fspath(path)):
+            source = _checkpoint_at(os.fspath(path))
+        if source is not None:
+            found = {
+                "number": source.number,
+                "path": source.path,
+                "manifest": source.manifest.dumps(),
+                "config": _fs.read_text(f"{source.path}/config.ron"),
+                "state": _fs.read_text(f"{source.path}/state.ron"),
+            }
+        elif path is not None:
+            found = {"name": os.fspath(path), "config": _fs.read_text(os.fspath(path))}
+        return ron.dumps(found).encode()
+
+    def _restore(
+        self, info: CheckpointInfo, found: dict[str, Any], overrides: list[str]
+    ) -> tuple[C, S]:
+        config = loads(self.config_clz, found["config"], overrides, path=f"{info.path}/config.ron")
         ctx = {**self._ctx, "config": config}
-        state = load(
+        state = _load_text(
             self.state_clz,
             f"{info.path}/state.ron",
+            found["state"],
             ctx=ctx,
             initial_state=lambda c: self.initial_state(config),
+            rank=self.ranks.rank,
+            world_size=self.ranks.world_size,
+            per_rank_reinit=self.per_rank == "reinit",
         )
         return config, state
 
@@ -189,80 +274,164 @@ class StateManager(Generic[C, S]):
         """Apply schedules to the config, then checkpoint if the policy says so."""
         self._raise_background_error()
         self._steps += 1
-        self._check_edits()
+        due_by_time = self._sync_step()
         update_schedules(self.config, self.state)
-        if self.store is not None and self._due():
+        if self.store is not None and self._due(due_by_time):
             self.checkpoint()
 
-    def _check_edits(self) -> None:
-        if self.store is None or self.edit_check_seconds is None:
-            return
-        now = time.monotonic()
-        if now - self._last_edit_check < self.edit_check_seconds:
-            return
-        self._last_edit_check = now
-        if apply_edit_requests(self.store.url, self.config):
-            check_schedule_fields(self.config, self.state)
+    def _sync_step(self) -> bool:
+        """Apply live edits (on every rank at the same step); whether a save is due by time.
 
-    def _due(self) -> bool:
+        Rank 0 looks at the clock and the edit requests; with several ranks it sends what
+        it found in one small broadcast per step (only when time-based checkpoints or live
+        edits are on), so that every rank edits and saves at the same step.
+        """
+        ranks = self.ranks
+        edits_on = self.store is not None and self.edit_check_seconds is not None
+        seconds = self.policy.every_seconds
+        if not edits_on and seconds is None:
+            return False
+        flags = 0
+        applied: list[list[str]] = []
+        if ranks.is_main:
+            now = time.monotonic()
+            if edits_on and now - self._last_edit_check >= (self.edit_check_seconds or 0.0):
+                self._last_edit_check = now
+                assert self.store is not None
+                if apply_edit_requests(self.store.url, self.config, applied):
+                    check_schedule_fields(self.config, self.state)
+                flags |= 1 if applied else 0
+            if seconds is not None and now - self._last_checkpoint_time >= seconds:
+                flags |= 2
+        if not ranks.distributed:
+            return bool(flags & 2)
+        flags = ranks.flag("step", flags)
+        if flags & 1:
+            text = ranks.run_on_main("live edit", lambda: ron.dumps(applied).encode()).decode()
+            if not ranks.is_main:
+                for overrides in ron.loads(text, path="<live edits from rank 0>"):
+                    apply_edit(self.config, overrides)
+                check_schedule_fields(self.config, self.state)
+        return bool(flags & 2)
+
+    def _due(self, due_by_time: bool) -> bool:
         every, seconds = self.policy.every_steps, self.policy.every_seconds
         if every is None and seconds is None:
             every = 1
         if every is not None and self._steps % every == 0:
             return True
-        return seconds is not None and time.monotonic() - self._last_checkpoint_time >= seconds
+        return due_by_time
 
     def checkpoint(self) -> CheckpointInfo | None:
         """Save now: config.ron, state.ron and blobs, then COMMITTED.
 
         Returns the committed checkpoint, or None when the save goes on in the background
-        (``async_save``); :meth:`wait` returns it then.
+        (``async_save``); :meth:`wait` returns it then. Under ``torchrun`` every rank calls
+        it at the same step; each writes its share of the tensors, rank 0 the text files
+        and, once every rank succeeded, ``COMMITTED``.
 
         Raises:
             HyperstateError: the save failed (or an earlier background save did);
-                earlier checkpoints are untouched.
+                earlier checkpoints are untouched. With several ranks, a failure on any
+                rank is a :class:`~hyperstate.distributed.DistributedError` on every rank.
         """
         if self.store is None:
             raise HyperstateError("no checkpoint_dir was given, so there is nowhere to save")
         self.wait()  # at most one save in flight; raises an earlier save's error
+        store, ranks = self.store, self.ranks
         number = self._number()
-        pending = self.store.begin(number)
-        try:
-            config_text = dumps(self.config) + "\n"
-            with writing_blobs(
-                pending.path,
-                _BLOB_FILE,
+        context = f"checkpoint {store.path(number)}"
+        pending: PendingCheckpoint | None = None
+        plan: BlobPlan | None = None
+        tree: Any = None
+
+        def prepare() -> bytes:
+            nonlocal pending, plan, tree
+            if ranks.is_main:
+                pending = store.begin(number)
+            with planning_blobs(
+                store.path(number),
+                blob_file(ranks.rank),
                 stage=self.async_save,
                 staging_limit=self.max_staging_bytes,
                 staging_pool=self._staging_pool,
-            ) as flush:
+            ) as plan:
                 tree = to_value(self.state)
+            return plan.signature().encode()
+
+        try:
+            signatures = ranks.run("prepare", prepare, context=context)
+            if len(set(signatures)) > 1:
+                differ = [r for r, sig in enumerate(signatures) if sig != signatures[0]]
+                raise HyperstateError(
+                    f"{context}: the ranks disagree on the state's tensors: rank(s) "
+                    f"{', '.join(map(str, differ))} encoded other tensors (names, shapes, "
+                    "dtypes or placements) than rank 0; every rank must save the same state "
+                    "structure (declare values that differ per rank as PerRank[...])"
+                )
+            if pending is None:
+                pending = store.join(number)
+            assert plan is not None
+            plan.keep(ranks.assign(plan.items))
         except BaseException:
-            pending.abort()
+            if ranks.is_main and pending is not None:
+                pending.abort()
             raise
         self._last_checkpoint_time = time.monotonic()
-        if self.async_save and not flush.overflow:
+        config_text = dumps(self.config) + "\n" if ranks.is_main else ""
+        if self.async_save:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="hyperstate-save")
-            self._inflight = self._executor.submit(self._finish, pending, config_text, tree, flush)
-            return None
-        return self._finish(pending, config_text, tree, flush)
+            future = self._executor.submit(self._finish, pending, config_text, tree, plan)
+            self._inflight = future
+            if not plan.overflow:
+                return None
+            return self.wait()  # past the staging budget: the originals are being read
+        return self._finish(pending, config_text, tree, plan)
 
     def _finish(
-        self, pending: PendingCheckpoint, config_text: str, tree: Any, flush: BlobFlush
+        self, pending: PendingCheckpoint, config_text: str, tree: Any, plan: BlobPlan
     ) -> CheckpointInfo:
-        try:
+        ranks = self.ranks
+        background = self.async_save  # async saves talk over their own process group
+        context = f"checkpoint {pending.path}"
+
+        def write() -> bytes:
+            records = plan.write()
+            written: dict[str, Any] = {"records": records, "per_rank": plan.per_rank_text()}
+            if plan.file_size:
+                written["size"], written["checksum"] = plan.file_size, plan.file_checksum
+            return ron.dumps(written).encode()
+
+        def commit() -> bytes:
+            if not ranks.is_main:
+                return b""
+            results = [ron.loads(w.decode(), path="<blob records>") for w in written]
+            plan.fill([r["records"] for r in results])
+            plan.set_per_rank([r["per_rank"] for r in results])
             pending.write_file("config.ron", config_text.encode("utf-8"))
-            if flush():  # the writer hashed the file as it wrote it: no second read
-                pending.record(_BLOB_FILE, size=flush.file_size, checksum=flush.file_checksum)
+            for rank, result in enumerate(results):
+                if "size" in result:
+                    pending.record(
+                        blob_file(rank), size=result["size"], checksum=result["checksum"]
+                    )
             pending.write_file("state.ron", (ron.dumps(tree) + "\n").encode("utf-8"))
-            info = pending.commit()
+            return pending.commit().manifest.dumps().encode()
+
+        try:
+            written = ranks.run("write blobs", write, background=background, context=context)
+            manifest = ranks.run("commit", commit, background=background, context=context)[0]
         except BaseException:
-            pending.abort()
+            if ranks.is_main:
+                pending.abort()
             raise
-        if self.policy.best_field:
-            self._metrics[info.number] = _field_metric(tree, self.policy.best_field)
-        self._retain()
+        info = CheckpointInfo(
+            pending.number, pending.path, Manifest.loads(manifest.decode(), context)
+        )
+        if ranks.is_main:
+            if self.policy.best_field:
+                self._metrics[info.number] = _field_metric(tree, self.policy.best_field)
+            self._retain()
         return info
 
     def wait(self) -> CheckpointInfo | None:

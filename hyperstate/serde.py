@@ -42,9 +42,11 @@ __all__ = [
     "DecodeResult",
     "Hooks",
     "closest",
+    "decoder_of",
     "describe",
     "did_you_mean",
     "encode_plain",
+    "encoder_of",
     "from_value",
     "plain",
     "to_value",
@@ -603,6 +605,16 @@ def _encoder(node: SchemaType) -> Encoder:
         enc = _make_encoder(node)
         _ENCODERS[node] = enc
     return enc
+
+
+def encoder_of(node: SchemaType) -> Encoder:
+    """The compiled encoder of a schema node, for schema types that wrap another."""
+    return _encoder(node)
+
+
+def decoder_of(node: SchemaType) -> Decoder:
+    """The compiled decoder of a schema node, for schema types that wrap another."""
+    return _decoder(node)
 
 
 def _mismatch(node: SchemaType, obj: Any, path: Path) -> ConfigError:

@@ -33,13 +33,26 @@ from hyperstate import ron
 from hyperstate.errors import ConfigError, HyperstateError, Issue, PathSegment, format_path
 from hyperstate.ron import Struct
 from hyperstate.schema import types as t
-from hyperstate.serde import Hooks, describe, encode_plain, from_value, plain, to_value
+from hyperstate.serde import (
+    Hooks,
+    decoder_of,
+    describe,
+    encode_plain,
+    encoder_of,
+    from_value,
+    plain,
+    to_value,
+)
 
 __all__ = [
     "Blob",
+    "BlobPlan",
     "Lazy",
+    "PerRank",
+    "Planned",
     "Serializable",
     "StateError",
+    "planning_blobs",
     "reading_blobs",
     "writing_blobs",
 ]
@@ -76,6 +89,17 @@ class Blob(Generic[T]):
 
     The text holds a reference; the value (of type ``T``, written as RON bytes with its
     tensors beside them) is read when the field is loaded.
+    """
+
+
+class PerRank(Generic[T]):
+    """``PerRank[T]`` marks a field whose value differs between the ranks of a job.
+
+    Every rank saves its own value (RNG states, a data loader's position); ``state.ron``
+    holds them as ``PerRank(ranks: [rank 0's, rank 1's, ...])`` and each rank restores its
+    own. A checkpoint written by another number of ranks cannot be mapped: loading it is a
+    :class:`StateError`, unless the manager is told to re-initialise such fields
+    (``per_rank="reinit"``), which keeps the value that ``initial_state`` built.
     """
 
 
@@ -205,8 +229,60 @@ class BlobType(t.SchemaType):
         return dec
 
 
+@dataclass(frozen=True)
+class PerRankType(t.SchemaType):
+    """``PerRank[T]``: one value of type ``inner`` per rank."""
+
+    inner: t.SchemaType
+
+    def encoder(self) -> Callable[[Any, Path, bool], Any]:
+        inner = encoder_of(self.inner)
+
+        def enc(obj: Any, path: Path, elide: bool) -> Any:
+            sink = _SINK.get()
+            if sink is not None:
+                sink.local += 1  # tensors inside belong to this rank alone
+            try:
+                value = inner(obj, path, elide)
+            finally:
+                if sink is not None:
+                    sink.local -= 1
+            node = Struct("PerRank", {"ranks": [value]})
+            if sink is not None and sink.plan is not None:
+                sink.per_rank.append(node)  # the other ranks' values are added by rank 0
+            return node
+
+        return enc
+
+    def decoder(self) -> Callable[[Any, Path, Any], Any]:
+        inner = decoder_of(self.inner)
+
+        def dec(v: Any, path: Path, cx: Any) -> Any:
+            ranks = v.fields.get("ranks") if type(v) is Struct else None
+            if type(v) is not Struct or v.name != "PerRank" or type(ranks) is not list:
+                return cx.fail(path, f"expected PerRank(ranks: [...]), found {describe(v)}")
+            source = _SOURCE.get()
+            rank, world = (source.rank, source.world_size) if source is not None else (0, 1)
+            if len(ranks) == world:
+                return inner(ranks[rank], (*path, "ranks", rank), cx)
+            if source is not None and source.per_rank_reinit:
+                target = _initial_object(path)
+                if target is not None:
+                    return target
+            raise StateError(
+                f"{format_path(path)} is per-rank state saved by {len(ranks)} rank(s), and "
+                f"this job has {world}: it cannot be mapped to the new world size. Pass "
+                "per_rank='reinit' to keep the value initial_state() builds instead"
+            )
+
+        return dec
+
+
 def _types_hook(annotation: Any) -> t.SchemaType | None:
     origin = typing.get_origin(annotation)
+    if annotation is PerRank or origin is PerRank:
+        args = typing.get_args(annotation)
+        return PerRankType(t.schema_of(args[0]) if args else t.AnyType())
     if annotation is Blob or origin is Blob:
         args = typing.get_args(annotation)
         return BlobType(t.schema_of(args[0]) if args else t.AnyType())
@@ -258,6 +334,12 @@ class _Sink:
         # which would dominate the copy. Buffers go back here once written.
         self.pool: dict[int, list[Any]] = {}
         self.buffers: list[Any] = []
+        # Planning (see planning_blobs): tensors are collected, not written, so that the
+        # ranks of a job can decide who writes what before anything is written.
+        self.plan: list[Planned] | None = None
+        self.per_rank: list[Struct] = []
+        self.local = 0  # > 0 while encoding a PerRank value
+        self.storages: dict[tuple[Any, ...], int] = {}
 
     @property
     def writer(self) -> Any:
@@ -284,6 +366,10 @@ class _Source:
         self.verify = verify
         self.readers: dict[str, Any] = {}
         self.lock = threading.Lock()
+        self.rank = 0
+        self.world_size = 1
+        self.per_rank_reinit = False
+        self.state_dicts: dict[int, Any] = {}  # of stateful initial objects, by id
 
     def reader(self, file: str) -> Any:
         with self.lock:
@@ -423,9 +509,19 @@ def reading_blobs(
     initial: Any = None,
     map_location: Any = None,
     verify: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    per_rank_reinit: bool = False,
 ) -> Iterator[None]:
-    """Within the block, tensor references are resolved against ``directory``."""
-    token = _SOURCE.set(_Source(directory, dict(ctx or {}), initial, map_location, verify))
+    """Within the block, tensor references are resolved against ``directory``.
+
+    ``rank`` and ``world_size`` choose each rank's value of ``PerRank`` fields;
+    ``per_rank_reinit`` keeps the initial value of those saved by another number of ranks.
+    """
+    source = _Source(directory, dict(ctx or {}), initial, map_location, verify)
+    source.rank, source.world_size = rank, world_size
+    source.per_rank_reinit = per_rank_reinit
+    token = _SOURCE.set(source)
     try:
         yield
     finally:
@@ -464,8 +560,17 @@ def _encode_array(obj: Any, path: Path, kind: str) -> Any:
             f"{format_path(path)} holds a {'tensor' if kind == 'torch' else 'array'}; tensors are "
             "stored in blob files beside the text, so dump() needs a path"
         )
+    if sink.plan is not None:
+        return _plan(sink, obj, path, kind)
     ref = sink.writer.add(_key_hint(path), _staged(sink, obj) if sink.stage else obj)
-    fields = {
+    node = Struct("Tensor" if kind == "torch" else "Array", _ref_fields(ref))
+    sink.pending.append(node)
+    return node
+
+
+def _ref_fields(ref: Any) -> dict[str, Any]:
+    """The fields of a reference record in ``state.ron`` for a written blob entry."""
+    fields: dict[str, Any] = {
         "file": ref.file,
         "key": ref.key,
         "dtype": ref.dtype,
@@ -478,9 +583,242 @@ def _encode_array(obj: Any, path: Path, kind: str) -> Any:
     if device != "cpu":
         fields["device"] = device
     fields["checksum"] = ref.checksum
-    node = Struct("Tensor" if kind == "torch" else "Array", fields)
-    sink.pending.append(node)
+    return fields
+
+
+# ---------------------------------------------------------------------------------------
+# Planned saves: collect first, let the ranks decide who writes what, then write
+
+
+@dataclass
+class Planned:
+    """A tensor or array met while encoding a state for a planned save.
+
+    ``placement`` is ``"replicated"`` (the same on every rank: written once, by the rank
+    the plan assigns), ``"sharded"`` (a ``DTensor``'s local shard: written by the rank
+    that owns it, at global offset ``at``) or ``"rank"`` (inside a ``PerRank`` value:
+    written by this rank). Tensors that share storage have the same ``group``.
+    """
+
+    node: Struct
+    value: Any
+    path: Path
+    placement: str
+    nbytes: int
+    group: int
+    at: tuple[int, ...] = ()
+    writes: bool = True  # sharded: whether this rank is the one that writes the shard
+
+    def signature(self) -> str:
+        """What must be the same on every rank for the plan to be valid."""
+        shape = self.node.fields.get("shape", ())
+        dtype = self.node.fields.get("dtype", "")
+        return f"{_key_hint(self.path)}:{self.placement}:{dtype}:{shape}:{self.group}"
+
+
+def _plan(sink: _Sink, obj: Any, path: Path, kind: str) -> Struct:
+    assert sink.plan is not None
+    index = len(sink.plan)
+    name = "Tensor" if kind == "torch" else "Array"
+    if kind == "numpy":
+        nbytes, group = int(obj.nbytes), index
+        placement = "rank" if sink.local else "replicated"
+        sink.plan.append(Planned(Struct(name, {}), obj, path, placement, nbytes, group))
+        return sink.plan[-1].node
+    if type(obj).__name__ == "DTensor":
+        return _plan_dtensor(sink, obj, path, index)
+    storage = obj.untyped_storage()
+    key = (storage.data_ptr(), storage.device, storage.nbytes())
+    group = sink.storages.setdefault(key, index) if storage.nbytes() else index
+    placement = "rank" if sink.local else "replicated"
+    nbytes = int(obj.numel() * obj.element_size())
+    sink.plan.append(Planned(Struct(name, {}), obj, path, placement, nbytes, group))
+    return sink.plan[-1].node
+
+
+def _plan_dtensor(sink: _Sink, obj: Any, path: Path, index: int) -> Struct:
+    """A ``DTensor``: replicated, or a shard written by one of the ranks that hold it."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    assert sink.plan is not None
+    local = obj.to_local()
+    placements = tuple(obj.placements)
+    bad = [p for p in placements if not isinstance(p, Replicate | Shard)]
+    if bad:
+        raise StateError(
+            f"{format_path(path)} is a DTensor with placements {placements}; expected Shard "
+            "or Replicate (redistribute() a Partial tensor before saving it)"
+        )
+    nbytes = int(local.numel() * local.element_size())
+    if all(isinstance(p, Replicate) for p in placements):
+        placement = "rank" if sink.local else "replicated"
+        sink.plan.append(Planned(Struct("Tensor", {}), local, path, placement, nbytes, index))
+        return sink.plan[-1].node
+    mesh = obj.device_mesh
+    _, offset = compute_local_shape_and_global_offset(obj.shape, mesh, placements)
+    # Ranks that differ only along replicated mesh dimensions hold the same shard: the
+    # one at coordinate 0 of those dimensions writes it.
+    coordinate = mesh.get_coordinate() or []
+    writes = all(c == 0 for c, p in zip(coordinate, placements, strict=False) if not p.is_shard())
+    fields: dict[str, Any] = {
+        "dtype": _dtype_name(local),
+        "shape": tuple(int(n) for n in obj.shape),
+        "shards": [],
+    }
+    if local.device.type != "cpu":
+        fields["device"] = str(local.device)
+    node = Struct("Tensor", fields)
+    at = tuple(int(o) for o in offset)
+    sink.plan.append(Planned(node, local, path, "sharded", nbytes, index, at, writes))
     return node
+
+
+def _dtype_name(obj: Any) -> str:
+    return str(obj.dtype).removeprefix("torch.")
+
+
+class BlobPlan:
+    """The tensors of a state encoded by ``planning_blobs``, to be written by their owners.
+
+    Every rank encodes the whole state; :attr:`items` lists the tensors met, in encoding
+    order (the same on every rank). The caller decides which items this rank writes,
+    calls :meth:`write`, exchanges the returned records between ranks, and (on the rank
+    that writes ``state.ron``) passes them all to :meth:`fill`.
+    """
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+        self._written: list[int] = []
+        self.file_size = 0
+        self.file_checksum = ""
+
+    @property
+    def items(self) -> list[Planned]:
+        """The tensors met while encoding, in order."""
+        assert self._sink.plan is not None
+        return self._sink.plan
+
+    @property
+    def file(self) -> str:
+        """This rank's blob file, relative to the checkpoint directory."""
+        return self._sink.file
+
+    @property
+    def overflow(self) -> bool:
+        """Whether some owned tensors were left unstaged because of the staging limit."""
+        return self._sink.overflow
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes copied to staging buffers."""
+        return self._sink.staged_bytes
+
+    def signature(self) -> str:
+        """A digest of the plan's structure: equal on every rank, or the plan is invalid."""
+        from hyperstate.blobs import checksum
+
+        text = "\n".join(i.signature() for i in self.items)
+        return f"{len(self.items)}:{checksum(text.encode('utf-8'))}"
+
+    def keep(self, owned: list[int]) -> None:
+        """Keep (and stage, for async saves) the items this rank writes; drop the rest."""
+        sink = self._sink
+        mine = set(owned)
+        for i, item in enumerate(self.items):
+            if i not in mine:
+                item.value = None  # training may change it: this rank does not write it
+            elif sink.stage:
+                item.value = _staged(sink, item.value)
+        self._written = sorted(mine)
+
+    def write(self) -> str:
+        """Write this rank's blob file; return the records of what it wrote (RON text).
+
+        The records give, for each written item, the fields of its reference (for a shard:
+        its ``Shard(...)`` record); :meth:`fill` puts them into the tree.
+        """
+        records: dict[int, Struct] = {}
+        if self._written:
+            from hyperstate.blobs import BlobWriter
+
+            sink = self._sink
+            writer = BlobWriter(sink.directory, sink.file)
+            added = [
+                (i, writer.add(_key_hint(self.items[i].path), self.items[i].value))
+                for i in self._written
+            ]
+            by_key = {ref.key: ref for ref in writer.write()}
+            for i, ref in added:
+                item = self.items[i]
+                fields = _ref_fields(by_key[ref.key])
+                if item.placement == "sharded":
+                    fields = {"at": item.at, **fields}
+                    records[i] = Struct("Shard", fields)
+                else:
+                    records[i] = Struct(item.node.name, fields)
+                item.value = None
+            self.file_size = int(writer.written_bytes)
+            self.file_checksum = str(writer.file_checksum)
+            sink.staged.clear()  # the staging buffers can be reused now
+            for buffer in sink.buffers:
+                sink.pool.setdefault(buffer.numel(), []).append(buffer)
+            sink.buffers.clear()
+        self.fill([records])
+        return ron.dumps(records)
+
+    def fill(self, records: list[Any]) -> None:
+        """Put written entries' references into the tree (records of one or more ranks)."""
+        for rank_records in records:
+            if isinstance(rank_records, str):
+                rank_records = ron.loads(rank_records, path="<blob records>")
+            for i, record in rank_records.items():
+                node = self.items[i].node
+                if record.name == "Shard":
+                    shards = node.fields["shards"]
+                    if all(s.fields["at"] != record.fields["at"] for s in shards):
+                        shards.append(record)
+                        shards.sort(key=lambda s: tuple(s.fields["at"]))
+                else:
+                    node.fields.update(record.fields)
+
+    def per_rank_text(self) -> str:
+        """This rank's values of the ``PerRank`` fields (after :meth:`write`), as RON."""
+        return ron.dumps([node.fields["ranks"][0] for node in self._sink.per_rank])
+
+    def set_per_rank(self, texts: list[str]) -> None:
+        """Give the ``PerRank`` fields every rank's value (``texts[r]`` from rank ``r``)."""
+        values = [
+            ron.loads(text, path=f"<per-rank values of rank {r}>") for r, text in enumerate(texts)
+        ]
+        for j, node in enumerate(self._sink.per_rank):
+            node.fields["ranks"] = [v[j] for v in values]
+
+
+@contextlib.contextmanager
+def planning_blobs(
+    directory: str,
+    file: str,
+    *,
+    stage: bool = False,
+    staging_limit: int | None = None,
+    staging_pool: dict[int, list[Any]] | None = None,
+) -> Iterator[BlobPlan]:
+    """Within the block, tensors that are encoded are collected into a :class:`BlobPlan`.
+
+    Nothing is written (or staged) until the plan's owner says which items this rank
+    writes (:meth:`BlobPlan.keep`); then :meth:`BlobPlan.write` writes ``directory/file``.
+    """
+    sink = _Sink(directory, file, stage)
+    sink.limit = staging_limit
+    sink.plan = []
+    if staging_pool is not None:
+        sink.pool = staging_pool
+    token = _SINK.set(sink)
+    try:
+        yield BlobPlan(sink)
+    finally:
+        _SINK.reset(token)
 
 
 _INLINE_DTYPES = (
@@ -514,15 +852,27 @@ def _decode_array(v: Struct, path: Path) -> Any:
     source = _SOURCE.get()
     if source is None:
         raise StateError(f"{format_path(path)} refers to a blob file; load it from a path")
+    if "shards" in fields:
+        return _decode_sharded(v, path, source)
+    value = _read_entry(v, path, source)
+    if source.world_size > 1 and v.name == "Tensor":
+        target = _initial_object(path)
+        if type(target).__name__ == "DTensor":
+            return _fit_dtensor(target, [((0,) * value.dim(), value)], path)
+    return value
+
+
+def _read_entry(v: Struct, path: Path, source: _Source) -> Any:
     from hyperstate.blobs import BlobRef
 
+    fields = v.fields
     try:
         ref = BlobRef(
             file=str(fields["file"]),
             key=str(fields["key"]),
             dtype=str(fields["dtype"]),
             shape=tuple(int(s) for s in fields["shape"]),
-            kind="torch" if v.name == "Tensor" else "numpy",
+            kind="numpy" if v.name == "Array" else "torch",
             stride=tuple(int(s) for s in fields["stride"]) if "stride" in fields else None,
             offset=int(fields.get("offset", 0)),
             checksum=str(fields.get("checksum", "")),
@@ -531,6 +881,107 @@ def _decode_array(v: Struct, path: Path) -> Any:
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError([Issue(path, f"malformed blob reference {v!r}: {e}")]) from None
     return source.reader(ref.file).read(ref, map_location=source.map_location)
+
+
+def _decode_sharded(v: Struct, path: Path, source: _Source) -> Any:
+    """A tensor saved as shards: this rank's part of the target ``DTensor``, or the whole."""
+    fields = v.fields
+    try:
+        shape = tuple(int(n) for n in fields["shape"])
+        shards = [(tuple(int(o) for o in s.fields["at"]), s) for s in fields["shards"]]
+        if not all(type(s) is Struct and len(at) == len(shape) for at, s in shards):
+            raise ValueError("each shard must be Shard(at: (...), ...) of the tensor's rank")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError([Issue(path, f"malformed sharded tensor {v!r}: {e}")]) from None
+    target = _initial_object(path)
+    if type(target).__name__ == "DTensor":
+        # Read only the shards that overlap this rank's part of the new layout.
+        lo, hi = _local_box(target)
+        parts = [
+            (at, _read_entry(s, (*path, "shards", i), source))
+            for i, (at, s) in enumerate(shards)
+            if _overlaps(at, tuple(int(n) for n in s.fields["shape"]), lo, hi)
+        ]
+        return _fit_dtensor(target, parts, path)
+    import torch
+
+    dtype_name = str(fields.get("dtype", ""))
+    if dtype_name not in _SHARD_DTYPES:
+        raise ConfigError([Issue(path, f"unsupported dtype {dtype_name!r} of a sharded tensor")])
+    parts = [(at, _read_entry(s, (*path, "shards", i), source)) for i, (at, s) in enumerate(shards)]
+    device = parts[0][1].device if parts else torch.device("cpu")
+    whole = torch.empty(shape, dtype=getattr(torch, dtype_name), device=device)
+    covered = sum(int(p.numel()) for _, p in parts)
+    if covered != whole.numel():
+        raise StateError(
+            f"{format_path(path)}: the shards cover {covered} of {whole.numel()} elements"
+        )
+    for at, part in parts:
+        whole[tuple(slice(a, a + n) for a, n in zip(at, part.shape, strict=True))] = part
+    return whole
+
+
+_SHARD_DTYPES = (*_INLINE_DTYPES, "complex64", "complex128", "uint16", "uint32", "uint64")
+
+
+def _local_box(target: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(
+        target.shape, target.device_mesh, target.placements
+    )
+    lo = tuple(int(o) for o in offset)
+    return lo, tuple(o + int(n) for o, n in zip(lo, shape, strict=True))
+
+
+def _overlaps(
+    at: tuple[int, ...], shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]
+) -> bool:
+    return all(a < h and a + n > low for a, n, low, h in zip(at, shape, lo, hi, strict=True))
+
+
+def _fit_dtensor(target: Any, parts: list[tuple[tuple[int, ...], Any]], path: Path) -> Any:
+    """A ``DTensor`` laid out like ``target``, filled from ``parts`` (global offset, data)."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    lo, hi = _local_box(target)
+    local = torch.empty(
+        tuple(h - low for low, h in zip(lo, hi, strict=True)),
+        dtype=target.dtype,
+        device=target.to_local().device,
+    )
+    filled = 0
+    for at, part in parts:
+        if part.dim() != len(lo):
+            raise StateError(
+                f"{format_path(path)}: saved with {part.dim()} dimensions, the target has {len(lo)}"
+            )
+        src, dst = [], []
+        for a, n, low, h in zip(at, part.shape, lo, hi, strict=True):
+            start, stop = max(a, low), min(a + n, h)
+            if start >= stop:
+                break
+            src.append(slice(start - a, stop - a))
+            dst.append(slice(start - low, stop - low))
+        else:
+            region = part[tuple(src)]
+            local[tuple(dst)] = region
+            filled += int(region.numel())
+    if filled != local.numel():
+        raise StateError(
+            f"{format_path(path)}: the checkpoint covers {filled} of the {local.numel()} "
+            f"elements of this rank's part of a {tuple(target.shape)} tensor (was the tensor "
+            "saved with another shape?)"
+        )
+    return DTensor.from_local(
+        local,
+        target.device_mesh,
+        target.placements,
+        run_check=False,
+        shape=target.shape,
+        stride=target.stride(),
+    )
 
 
 def _device(recorded: str, map_location: Any) -> Any:
@@ -574,7 +1025,9 @@ def _array_kind(obj: Any) -> str | None:
 def _decode_plain(v: Any, path: Path) -> Any:
     tv = type(v)
     if tv is Struct:
-        if v.name in ("Tensor", "Array") and ("file" in v.fields or "value" in v.fields):
+        if v.name in ("Tensor", "Array") and (
+            "file" in v.fields or "value" in v.fields or "shards" in v.fields
+        ):
             return _decode_array(v, path)
         return {k: _decode_plain(x, (*path, k)) for k, x in v.fields.items()}
     if tv is dict:
@@ -615,6 +1068,15 @@ def _initial_object(path: Path) -> Any:
     for seg in path:
         if isinstance(seg, str) and hasattr(obj, "__dataclass_fields__"):
             obj = object.__getattribute__(obj, seg) if isinstance(obj, Lazy) else getattr(obj, seg)
+        elif callable(getattr(obj, "state_dict", None)) and not isinstance(obj, dict):
+            # Inside a stateful object: its state dict holds the targets (e.g. DTensors).
+            state_dict = source.state_dicts.get(id(obj))
+            if state_dict is None:
+                state_dict = source.state_dicts[id(obj)] = obj.state_dict()
+            try:
+                obj = state_dict[seg]
+            except (KeyError, IndexError, TypeError):
+                return None
         else:
             try:
                 obj = obj[seg]
@@ -668,7 +1130,7 @@ def holds_blobs(node: t.SchemaType) -> bool:
     """Whether values of ``node`` may live in blob files (so a Lazy state defers them)."""
     if isinstance(node, TensorType | SerializableType | BlobType | StatefulType):
         return True
-    if isinstance(node, t.OptionType):
+    if isinstance(node, t.OptionType | PerRankType):
         return holds_blobs(node.inner)
     if isinstance(node, t.ListType | t.VarTupleType):
         return holds_blobs(node.item)

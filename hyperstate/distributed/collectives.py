@@ -1,0 +1,220 @@
+"""Every call hyperstate makes across ranks, in one place.
+
+:class:`Ranks` runs *named steps*: every rank runs every step, and the outcome of each
+(success with a payload, or the error it raised) is exchanged, so that a failure on any
+rank is raised on every rank as one :class:`DistributedError` naming the rank(s) and the
+step, instead of a hang. Payloads are bytes (RON text): nothing is pickled.
+
+hyperstate talks over its own gloo process groups, made from the job's default group
+(so it works whatever backend training uses, NCCL included): one for the training
+thread and one for the background thread of async saves, so that the two never
+interleave collectives. Their timeout bounds how long a rank waits for a peer that died.
+
+With no process group (or a world of one), the same code runs with no-op collectives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from hyperstate.distributed.plan import assign
+from hyperstate.errors import HyperstateError
+from hyperstate.state import Planned
+
+__all__ = ["DEFAULT_TIMEOUT", "DistributedError", "Ranks"]
+
+T = TypeVar("T")
+
+#: Seconds a collective waits for the other ranks before failing (env
+#: ``HYPERSTATE_DIST_TIMEOUT`` overrides it).
+DEFAULT_TIMEOUT = 300.0
+
+
+class DistributedError(HyperstateError):
+    """A step failed on some rank(s); raised on every rank.
+
+    Attributes:
+        step: the name of the step.
+        failures: the error message of each failed rank, by rank.
+    """
+
+    def __init__(self, step: str, failures: dict[int, str], context: str = "") -> None:
+        self.step = step
+        self.failures = dict(failures)
+        self.context = context
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.context}: " if self.context else ""
+        if not self.failures:
+            return f"{where}step {self.step!r} failed"
+        parts = [f"rank {r} failed at step {self.step!r}: {m}" for r, m in self.failures.items()]
+        return where + "; ".join(parts)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DistributedError, (self.step, self.failures, self.context))
+
+
+class Ranks:
+    """The ranks of the job this process belongs to, and the collectives between them.
+
+    ``Ranks()`` joins the default process group when one is initialised (as under
+    ``torchrun``); otherwise it is a world of one where every collective is a no-op.
+    Creating it is itself collective: every rank must create it, in the same order.
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.rank = 0
+        self.world_size = 1
+        if timeout is None:
+            timeout = float(os.environ.get("HYPERSTATE_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+        self.timeout = timeout
+        self._groups: dict[str, Any] = {}
+        if "torch.distributed" not in sys.modules:
+            return  # a process group needs torch.distributed imported: none here
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        if self.world_size > 1:
+            delta = datetime.timedelta(seconds=timeout)
+            for name in ("foreground", "background"):
+                self._groups[name] = dist.new_group(backend="gloo", timeout=delta)
+
+    def __repr__(self) -> str:
+        return f"Ranks(rank={self.rank}, world_size={self.world_size})"
+
+    @property
+    def distributed(self) -> bool:
+        """Whether there is more than one rank."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, which writes the text files and commits."""
+        return self.rank == 0
+
+    def assign(self, items: Sequence[Planned]) -> list[int]:
+        """Indices of the planned tensors this rank writes (see :func:`plan.assign`)."""
+        return assign(items, self.rank, self.world_size)
+
+    # -- named steps ----------------------------------------------------------------
+
+    def run(
+        self,
+        step: str,
+        fn: Callable[[], bytes],
+        *,
+        background: bool = False,
+        context: str = "",
+    ) -> list[bytes]:
+        """Run ``fn`` on every rank; return every rank's result (index = rank).
+
+        If ``fn`` raised on any rank, every rank raises a :class:`DistributedError`
+        naming the failed ranks (a rank's own exception is its ``__cause__``). With one
+        rank, ``fn``'s exception propagates unchanged.
+        """
+        if not self.distributed:
+            return [fn()]
+        error: BaseException | None = None
+        try:
+            message = b"\0" + fn()
+        except BaseException as e:  # reported to every rank, then raised
+            error = e
+            message = b"\1" + f"{type(e).__name__}: {e}".encode()
+        results = self._all_gather(step, message, background, context)
+        failures = {
+            r: m[1:].decode("utf-8", "replace") for r, m in enumerate(results) if m[:1] != b"\0"
+        }
+        if failures:
+            raise DistributedError(step, failures, context) from error
+        return [m[1:] for m in results]
+
+    def run_on_main(
+        self,
+        step: str,
+        fn: Callable[[], bytes],
+        *,
+        background: bool = False,
+        context: str = "",
+    ) -> bytes:
+        """Run ``fn`` on rank 0 only and give its result to every rank (or its error)."""
+        if not self.distributed:
+            return fn()
+        message = b""
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                message = b"\0" + fn()
+            except BaseException as e:
+                error = e
+                message = b"\1" + f"{type(e).__name__}: {e}".encode()
+        result = self._broadcast(step, message, background, context)
+        if result[:1] != b"\0":
+            raise DistributedError(
+                step, {0: result[1:].decode("utf-8", "replace")}, context
+            ) from error
+        return result[1:]
+
+    def flag(self, step: str, value: int) -> int:
+        """Rank 0's ``value`` (a small int), on every rank: one cheap collective."""
+        if not self.distributed:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.int64)
+        self._call(step, "", lambda: dist.broadcast(t, 0, group=self._groups["foreground"]))
+        return int(t.item())
+
+    # -- transport --------------------------------------------------------------------
+
+    def _call(self, step: str, context: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except RuntimeError as e:  # a peer died, hung past the timeout, or left early
+            reason = str(e).splitlines()[0] if str(e) else repr(e)
+            where = f"{context}: " if context else ""
+            raise DistributedError(
+                step,
+                {},
+                f"{where}lost contact with the other ranks during step {step!r} (a rank died "
+                f"or did not arrive within {self.timeout:g} s): {reason}",
+            ) from e
+
+    def _all_gather(self, step: str, data: bytes, background: bool, context: str) -> list[bytes]:
+        import torch
+        import torch.distributed as dist
+
+        group = self._groups["background" if background else "foreground"]
+        n = self.world_size
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(n)]
+        self._call(step, context, lambda: dist.all_gather(sizes, size, group=group))
+        longest = max(int(s.item()) for s in sizes)
+        mine = torch.zeros(longest, dtype=torch.uint8)
+        mine[: len(data)] = (
+            torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else mine[:0]
+        )
+        out = [torch.empty(longest, dtype=torch.uint8) for _ in range(n)]
+        self._call(step, context, lambda: dist.all_gather(out, mine, group=group))
+        return [o[: int(s.item())].numpy().tobytes() for o, s in zip(out, sizes, strict=True)]
+
+    def _broadcast(self, step: str, data: bytes, background: bool, context: str) -> bytes:
+        import torch
+        import torch.distributed as dist
+
+        group = self._groups["background" if background else "foreground"]
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        self._call(step, context, lambda: dist.broadcast(size, 0, group=group))
+        buf = torch.zeros(int(size.item()), dtype=torch.uint8)
+        if self.is_main and data:
+            buf[:] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        self._call(step, context, lambda: dist.broadcast(buf, 0, group=group))
+        return buf.numpy().tobytes()
