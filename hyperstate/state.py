@@ -264,7 +264,7 @@ class PerRankType(t.SchemaType):
             source = _SOURCE.get()
             rank, world = (source.rank, source.world_size) if source is not None else (0, 1)
             if len(ranks) == world:
-                return inner(ranks[rank], (*path, "ranks", rank), cx)
+                return inner(ranks[rank], path, cx)
             if source is not None and source.per_rank_reinit:
                 target = _initial_object(path)
                 if target is not None:
@@ -748,10 +748,11 @@ class BlobPlan:
                 (i, writer.add(_key_hint(self.items[i].path), self.items[i].value))
                 for i in self._written
             ]
-            by_key = {ref.key: ref for ref in writer.write()}
-            for i, ref in added:
+            # Refs come back in the order of add(); keys are not unique (a tensor and a
+            # view of it share their storage's entry).
+            for (i, _), ref in zip(added, writer.write(), strict=True):
                 item = self.items[i]
-                fields = _ref_fields(by_key[ref.key])
+                fields = _ref_fields(ref)
                 if item.placement == "sharded":
                     fields = {"at": item.at, **fields}
                     records[i] = Struct("Shard", fields)
