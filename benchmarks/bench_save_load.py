@@ -1,6 +1,7 @@
 """Save/load speed and memory of a training state, against the peers, in one process.
 
 Run: .venv/bin/python benchmarks/bench_save_load.py [--size-gib 1.0] [--dir /tmp/x]
+(``--no-large`` measures only the many-small-tensors state, in well under a minute)
 
 Two states are measured: about ``--size-gib`` GiB (16 large float32 tensors plus the
 Adam state of a small MLP after one step), and 10,000 tensors of 4 KiB, where per-entry
@@ -452,6 +453,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default /tmp)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--no-small", action="store_true", help="skip the 10,000-tensor state")
+    parser.add_argument("--no-large", action="store_true", help="skip the large state")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-state", help=argparse.SUPPRESS)
@@ -461,7 +463,9 @@ def main() -> None:
         return
     root = Path(tempfile.mkdtemp(prefix="bench-save-load-", dir=args.dir))
     try:
-        cases = [("large state", "large", large_state(args.size_gib))]
+        cases = []
+        if not args.no_large:
+            cases.append(("large state", "large", large_state(args.size_gib)))
         if not args.no_small:
             cases.append(("many small tensors", "small", small_state()))
         print(f"torch {torch.__version__}, writing under {root}, best of {args.repeat}")

@@ -49,7 +49,8 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,9 @@ _ITEMSIZE: dict[str, int] = {
     "float8_e8m0fnu": 1,
     "float4_e2m1fn_x2": 1,
 }
+
+# Entries start at multiples of this, so that views of them are aligned.
+_ALIGN = {name: min(size, 8) for name, size in _ITEMSIZE.items()}
 
 # The dtypes numpy has, under the same names as torch's.
 _NUMPY_NAMES = frozenset(
@@ -316,51 +320,67 @@ def _resolve(directory: str | os.PathLike[str], file: str) -> tuple[Any, str, bo
 
 # How an entry's bytes are produced when the file is written.
 _STORAGE, _TENSOR, _ARRAY = 0, 1, 2
+# Entries below _THREAD_HASH_MIN go to the file in batches: one writev() per batch
+# (IOV_MAX buffers at most) instead of a write call and a thread hand-off per entry.
+_BATCH_ENTRIES = 1024
+_BATCH_BYTES = 1 << 20  # bounds the temporary copies (CUDA) a batch holds
+_COMPLEX = frozenset({"complex32", "complex64", "complex128"})
 
 
-class _Entry:
-    """One entry of the file being written (slots: a writer may hold many thousands)."""
+class _Entries:
+    """The entries of the file being written, one column per field.
 
-    __slots__ = (
-        "begin",
-        "checksum",
-        "dtype",
-        "first",
-        "how",
-        "key",
-        "nbytes",
-        "ptr",
-        "shape",
-        "value",
-        "views",
-    )
+    A writer may hold many thousands of small entries; columns cost a few pointers per
+    entry where an object each would cost a hundred bytes and work for the collector.
+    Entry ``i`` is row ``i`` of every column.
+    """
 
-    def __init__(
+    __slots__ = ("dtype", "first", "how", "nbytes", "ptr", "rank", "shape", "value", "views")
+
+    def __init__(self) -> None:
+        self.first: list[BlobRef] = []  # the ref of the value that made the entry
+        self.dtype: list[str] = []  # torch dtype name of the entry itself
+        self.shape: list[tuple[int, ...]] = []
+        self.nbytes = array("q")
+        self.ptr = array("Q")  # for _STORAGE: the storage address seen by add()
+        self.how = bytearray()
+        # Sort key of the file order: wider dtypes first, misfits last in their group.
+        self.rank = bytearray()
+        self.value: list[Any] = []  # the tensor, or array, whose bytes these are
+        # Further views of an entry's storage, by entry: (offset, shape, stride, dtype) -> ref.
+        self.views: dict[int, dict[tuple[Any, ...], BlobRef]] = {}
+
+    def append(
         self,
-        key: str,
+        first: BlobRef,
         dtype: str,
         shape: tuple[int, ...],
         nbytes: int,
         how: int,
         value: Any,
-        first: BlobRef,
         ptr: int = 0,
-    ) -> None:
-        self.key = key
-        self.dtype = dtype  # torch dtype name of the entry itself
-        self.shape = shape
-        self.nbytes = nbytes
-        self.how = how
-        self.value = value  # the tensor, or array, whose bytes these are
-        self.first = first  # the ref of the value that made this entry
-        # Further views of the same storage: (offset, shape, stride, dtype) -> ref.
-        self.views: dict[tuple[Any, ...], BlobRef] | None = None
-        self.ptr = ptr  # for _STORAGE: the storage address seen by add()
-        self.begin = 0
-        self.checksum = ""
+    ) -> int:
+        align = _ALIGN[dtype]
+        self.first.append(first)
+        self.dtype.append(dtype)
+        self.shape.append(shape)
+        self.nbytes.append(nbytes)
+        self.ptr.append(ptr)
+        self.how.append(how)
+        self.rank.append(2 * (8 - align) + (nbytes % align != 0))
+        self.value.append(value)
+        return len(self.first) - 1
 
-    def align(self) -> int:
-        return min(_ITEMSIZE[self.dtype], 8)
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def file_order(self) -> Sequence[int]:
+        """Entry indices in file order: each entry then starts aligned (the header is
+        padded to 8), as zero-copy views need."""
+        rank, n = self.rank, len(self.rank)
+        if not n or rank.count(rank[0]) == n:
+            return range(n)
+        return sorted(range(n), key=rank.__getitem__)
 
 
 class BlobWriter:
@@ -395,17 +415,19 @@ class BlobWriter:
         self.written_bytes = 0
         #: ``"xxh3-64:<hex>"`` of the whole file, once written.
         self.file_checksum = ""
-        self._entries: list[_Entry] = []
+        self._entries = _Entries()
         # Per add() call, the ref returned and the entry it points into.
         self._refs: list[BlobRef] = []
-        self._ref_entries: list[_Entry] = []
+        self._ref_entries = array("q")
         # Storage address (device, address off the CPU) -> the entry holding it.
-        self._storages: dict[Any, _Entry] = {}
+        self._storages: dict[Any, int] = {}
         # Entries of one value each (arrays, empty or conjugate tensors), by identity.
-        self._solo: dict[tuple[Any, ...], _Entry] = {}
+        self._solo: dict[tuple[Any, ...], int] = {}
         # Values deduplicated by id() must stay alive while their id is a key.
         self._keepalive: list[Any] = []
         self._keys: set[str] = {"__metadata__"}
+        # One tuple per distinct shape, shared by the refs: many tensors have the same.
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._written = False
 
     def add(self, key_hint: str, value: Any) -> BlobRef:
@@ -435,14 +457,9 @@ class BlobWriter:
         self._ref_entries.append(entry)
         return ref
 
-    def _add_tensor(self, hint: str, t: Any) -> tuple[_Entry, BlobRef]:
-        import torch
-
-        if (
-            type(t) not in (torch.Tensor, torch.nn.Parameter)
-            or t.layout != torch.strided
-            or t.is_quantized
-        ):
+    def _add_tensor(self, hint: str, t: Any) -> tuple[int, BlobRef]:
+        plain, strided = _plain_tensor_types()
+        if type(t) not in plain or t.layout is not strided or t.is_quantized:
             raise BlobError(
                 f"expected a plain dense tensor for {hint!r}, found {type(t).__name__} "
                 f"with layout {t.layout}; convert it first (DTensor: .full_tensor() or "
@@ -452,24 +469,30 @@ class BlobWriter:
         dtype = _DTYPE_NAMES.get(t.dtype) or _torch_name(t.dtype)
         if dtype not in _ITEMSIZE:
             raise BlobError(f"cannot store {hint!r}: safetensors has no dtype {t.dtype}", self.file)
-        if t.is_meta:
+        if t.is_cpu:
+            device = "cpu"
+        elif t.is_meta:
             raise BlobError(f"cannot store {hint!r}: a meta tensor has no data", self.file)
-        device = "cpu" if t.is_cpu else str(t.device)
+        else:
+            device = str(t.device)
         shape = tuple(t.shape)
-        numel = t.numel()
+        shape = self._shapes.setdefault(shape, shape)
+        numel = math.prod(shape)
         # Conjugate and negative views hold other values than their storage: they are
-        # resolved when written, into an entry of their own.
-        if numel == 0 or t.is_conj() or t.is_neg():
+        # resolved when written, into an entry of their own. Only complex tensors have
+        # a conjugate bit.
+        if numel == 0 or t.is_neg() or (dtype in _COMPLEX and t.is_conj()):
             return self._add_solo(("solo", id(t)), t, hint, dtype, shape, device, _TENSOR)
-        offset = t.storage_offset()
         storage = t.untyped_storage()
         address = storage.data_ptr()
         where = address if device == "cpu" else (device, address)
         held = self._storages.get(where)
         if held is None:
-            return self._add_storage(hint, t, dtype, shape, device, where, storage.nbytes())
+            return self._add_storage(hint, t, dtype, shape, numel, device, where, storage.nbytes())
         # Another view of a storage already added (or the same tensor again).
-        first = held.first
+        entries = self._entries
+        first = entries.first[held]
+        offset = t.storage_offset()
         if (
             first.dtype == dtype
             and first.shape == shape
@@ -479,19 +502,20 @@ class BlobWriter:
             return held, first
         stride = t.stride()
         view = (offset, shape, stride, dtype)
-        known = held.views.get(view) if held.views is not None else None
+        views = entries.views.get(held)
+        known = views.get(view) if views is not None else None
         if known is not None:
             return held, known
         end = offset + 1
         for n, s in zip(shape, stride, strict=True):
             end += (n - 1) * s
-        if end * _ITEMSIZE[dtype] > held.nbytes:
+        if end * _ITEMSIZE[dtype] > entries.nbytes[held]:
             # torch.from_numpy storages can share an address and differ in size.
             return self._add_solo((where, *view), t, hint, dtype, shape, device, _TENSOR)
-        ref = _ref(self.file, held.key, dtype, shape, "torch", stride, offset, device)
-        if held.views is None:
-            held.views = {}
-        held.views[view] = ref
+        ref = _ref(self.file, first.key, dtype, shape, "torch", stride, offset, device)
+        if views is None:
+            views = entries.views[held] = {}
+        views[view] = ref
         return held, ref
 
     def _add_storage(
@@ -500,15 +524,16 @@ class BlobWriter:
         t: Any,
         dtype: str,
         shape: tuple[int, ...],
+        numel: int,
         device: str,
         where: Any,
         nbytes: int,
-    ) -> tuple[_Entry, BlobRef]:
+    ) -> tuple[int, BlobRef]:
         """An entry holding a whole storage, first seen through ``t``."""
         key = self._unique_key(hint)
         itemsize = _ITEMSIZE[dtype]
         offset = t.storage_offset()
-        if offset == 0 and t.numel() * itemsize == nbytes and t.is_contiguous():
+        if offset == 0 and numel * itemsize == nbytes and t.is_contiguous():
             # The tensor is the whole storage: the entry is just this tensor.
             stored, extra = _STORED_AS.get(dtype, (dtype, 0))
             entry_shape = (*shape, extra) if extra else shape
@@ -518,8 +543,7 @@ class BlobWriter:
             entry_shape = (nbytes // _ITEMSIZE[stored],)
             ref = _ref(self.file, key, dtype, shape, "torch", t.stride(), offset, device)
         address = where if isinstance(where, int) else where[1]
-        entry = _Entry(key, stored, entry_shape, nbytes, _STORAGE, t, ref, address)
-        self._entries.append(entry)
+        entry = self._entries.append(ref, stored, entry_shape, nbytes, _STORAGE, t, address)
         self._storages[where] = entry
         return entry, ref
 
@@ -532,11 +556,11 @@ class BlobWriter:
         shape: tuple[int, ...],
         device: str,
         how: int,
-    ) -> tuple[_Entry, BlobRef]:
+    ) -> tuple[int, BlobRef]:
         """An entry holding just this tensor or array, made contiguous when written."""
         known = self._solo.get(identity)
         if known is not None:
-            return known, known.first
+            return known, self._entries.first[known]
         if identity[0] == "solo":
             self._keepalive.append(value)
         key = self._unique_key(hint)
@@ -545,12 +569,11 @@ class BlobWriter:
         entry_shape = (*shape, extra) if extra else shape
         kind = "numpy" if how == _ARRAY else "torch"
         ref = _ref(self.file, key, dtype, shape, kind, None, 0, device)
-        entry = _Entry(key, stored, entry_shape, nbytes, how, value, ref)
-        self._entries.append(entry)
+        entry = self._entries.append(ref, stored, entry_shape, nbytes, how, value)
         self._solo[identity] = entry
         return entry, ref
 
-    def _add_array(self, hint: str, value: Any) -> tuple[_Entry, BlobRef]:
+    def _add_array(self, hint: str, value: Any) -> tuple[int, BlobRef]:
         dtype = value.dtype.name
         if dtype not in _NUMPY_NAMES:
             raise BlobError(
@@ -559,6 +582,7 @@ class BlobWriter:
                 self.file,
             )
         shape = tuple(value.shape)
+        shape = self._shapes.setdefault(shape, shape)
         if value.size == 0:
             identity: tuple[Any, ...] = ("solo", id(value))
         else:
@@ -567,15 +591,19 @@ class BlobWriter:
         return self._add_solo(identity, value, hint, dtype, shape, "cpu", _ARRAY)
 
     def _unique_key(self, hint: str) -> str:
+        keys = self._keys
+        if type(hint) is str and hint and hint not in keys and hint.isprintable():
+            keys.add(hint)
+            return hint
         base = str(hint)
         if not base.isprintable():
             base = "".join(c if c.isprintable() else "_" for c in base)
         base = base or "tensor"
         key, n = base, 0
-        while key in self._keys:
+        while key in keys:
             n += 1
             key = f"{base}~{n}"
-        self._keys.add(key)
+        keys.add(key)
         return key
 
     def write(self) -> list[BlobRef]:
@@ -590,104 +618,134 @@ class BlobWriter:
         if self._written:
             raise BlobError("write() called twice", self.file)
         self._written = True
-        # Wider dtypes first: each entry then starts aligned (the header is padded to 8),
-        # as zero-copy views need. An entry whose size breaks that goes last in its group.
-        entries = sorted(self._entries, key=lambda e: (-e.align(), e.nbytes % e.align()))
-        header = _header(entries)
+        # Only add() needed these; free them before the header takes their place.
+        self._storages.clear()
+        self._solo.clear()
+        self._keys.clear()
+        self._shapes.clear()
+        entries = self._entries
+        order = entries.file_order()
+        sums = [""] * len(entries)
         fs, path, local = _resolve(self.directory, self.file)
         try:
             if local:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path, "wb", buffering=1 << 20) as f:
-                    self._stream(f.write, header, entries)
-                    f.flush()
-                    os.fsync(f.fileno())
+                with open(path, "wb", buffering=0) as f:
+                    fd = f.fileno()
+                    self._stream(functools.partial(_writev, fd), order, sums)
+                    os.fsync(fd)
                 _fsync_dir(os.path.dirname(path))
             else:
                 parent = fs._parent(path)
                 if parent:
                     fs.makedirs(parent, exist_ok=True)
                 with fs.open(path, "wb") as f:
-                    self._stream(_chunked(f.write), header, entries)
+                    write = _chunked(f.write)
+                    self._stream(functools.partial(_each, write), order, sums)
         finally:
             # The writer no longer needs the tensors; let the caller free them.
-            for e in entries:
-                e.value = e.views = None
-            self._storages.clear()
-            self._solo.clear()
+            entries.value.clear()
+            entries.first.clear()
+            entries.views.clear()
             self._keepalive.clear()
-        self.written_bytes = len(header) + sum(e.nbytes for e in entries)
-        return [
-            _with_checksum(ref, e.checksum)
-            for ref, e in zip(self._refs, self._ref_entries, strict=True)
-        ]
+        # New refs replace the old ones one by one, so both sets are never all alive.
+        refs, ref_entries = self._refs, self._ref_entries
+        out: list[BlobRef] = []
+        while refs:
+            out.append(_with_checksum(refs.pop(), sums[ref_entries.pop()]))
+        out.reverse()
+        return out
 
     def _stream(
-        self,
-        write: Callable[[Any], object],
-        header: bytearray,
-        entries: list[_Entry],
+        self, write_batch: Callable[[list[Any], int], None], order: Sequence[int], sums: list[str]
     ) -> None:
-        """Write the header and each entry, checksumming big entries in a thread meanwhile.
+        """Write the header and each entry, checksumming the entries into ``sums``.
 
-        The same thread also hashes the whole file in order (``file_checksum``), so that
-        a checkpoint manifest can list the file without reading it back.
+        Small entries are hashed here and written in batches; big ones are hashed in a
+        thread while this one writes them. The file as a whole is hashed in order too
+        (``file_checksum``), so that a checkpoint manifest can list the file without
+        reading it back.
         """
         whole = xxhash.xxh3_64()
-        write(header)
-        whole.update(header)
+        sizes = self._entries.nbytes
+        digest = xxhash.xxh3_64_hexdigest
+        types: dict[int, Any] = {}  # ctypes array types by size, for views of CPU memory
+        header = _header(self._entries, order)
+        size = len(header) + sum(sizes)
+        batch: list[Any] = [header]
+        batch_bytes = len(header)
+        del header  # freed once written
+
+        def flush(last: Future[Any] | None) -> None:
+            if last is not None:
+                last.result()  # the file hash takes the bytes in file order
+            for data in batch:
+                whole.update(data)
+            write_batch(batch, batch_bytes)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperstate-xxh3") as pool:
-            pending: list[tuple[_Entry, Future[str]]] = []
-            copy_hashing: Future[str] | None = None
-            for e in entries:
-                big = e.nbytes >= _THREAD_HASH_MIN
-                if copy_hashing is not None and big:
-                    # At most one temporary copy (CUDA, conjugate) waits for its hash.
-                    copy_hashing.result()
-                    copy_hashing = None
-                data, copied = self._bytes_of(e)
-                if big:
-                    future = pool.submit(checksum, data)
-                    pending.append((e, future))
-                    if copied:
-                        copy_hashing = future
-                else:
-                    e.checksum = checksum(data)
+            pending: list[tuple[int, Future[str]]] = []
+            last: Future[Any] | None = None  # the thread's latest update of the file hash
+            for i in order:
+                nbytes = sizes[i]
+                if nbytes < _THREAD_HASH_MIN:
+                    data = self._bytes_of(i, types)[0]
+                    sums[i] = "xxh3-64:" + digest(data)
+                    batch.append(data)
+                    batch_bytes += nbytes
+                    if len(batch) >= _BATCH_ENTRIES or batch_bytes >= _BATCH_BYTES:
+                        flush(last)
+                        last, batch, batch_bytes = None, [], 0
+                    continue
+                if batch:
+                    flush(last)
+                    last, batch, batch_bytes = None, [], 0
+                data, copied = self._bytes_of(i, types)
+                pending.append((i, pool.submit(checksum, data)))
                 # One worker runs tasks in order: the file hash sees the bytes as written.
                 last = pool.submit(whole.update, data)
+                write_batch([data], nbytes)
                 if copied:
                     last.result()  # a temporary copy is not kept waiting for its hashes
-                write(data)
                 del data
-            for e, future in pending:
-                e.checksum = future.result()
+            if batch:
+                flush(last)
+            for i, future in pending:
+                sums[i] = future.result()
         self.file_checksum = "xxh3-64:" + whole.hexdigest()
+        self.written_bytes = size
 
-    def _bytes_of(self, e: _Entry) -> tuple[memoryview, bool]:
-        """The entry's bytes, and whether they are a temporary copy."""
-        if e.how == _STORAGE:
-            storage = e.value.untyped_storage()
-            if storage.data_ptr() != e.ptr or storage.nbytes() != e.nbytes:
+    def _bytes_of(self, i: int, types: dict[int, Any]) -> tuple[Any, bool]:
+        """Entry ``i``'s bytes (a buffer), and whether they are a temporary copy."""
+        entries = self._entries
+        value, nbytes = entries.value[i], entries.nbytes[i]
+        if entries.how[i] == _STORAGE:
+            ptr = entries.ptr[i]
+            storage = value.untyped_storage()
+            if storage.data_ptr() != ptr or storage.nbytes() != nbytes:
                 raise BlobError(
-                    f"expected a storage of {e.nbytes} bytes at {e.ptr:#x}, found "
+                    f"expected a storage of {nbytes} bytes at {ptr:#x}, found "
                     f"{storage.nbytes()} bytes at {storage.data_ptr():#x}: the tensor was "
                     "resized between add() and write()",
                     self.file,
-                    e.key,
+                    entries.first[i].key,
                 )
-            if e.value.is_cpu:
+            if value.is_cpu:
                 # A view of memory that the entry's tensor keeps alive until write()
                 # returns; cheaper per entry than any torch or numpy wrapper.
-                block = (ctypes.c_char * e.nbytes).from_address(e.ptr)
-                return memoryview(block).cast("B"), False
-            return _storage_bytes(storage, e.value.device)
-        data, copied = _tensor_bytes(e.value) if e.how == _TENSOR else _array_bytes(e.value)
-        if len(data) != e.nbytes:
+                chars = types.get(nbytes)
+                if chars is None:
+                    chars = types[nbytes] = ctypes.c_char * nbytes
+                return chars.from_address(ptr), False
+            return _storage_bytes(storage, value.device)
+        how = entries.how[i]
+        data, copied = _tensor_bytes(value) if how == _TENSOR else _array_bytes(value)
+        if len(data) != nbytes:
             raise BlobError(
-                f"expected {e.nbytes} bytes, found {len(data)}: the value changed between "
+                f"expected {nbytes} bytes, found {len(data)}: the value changed between "
                 "add() and write()",
                 self.file,
-                e.key,
+                entries.first[i].key,
             )
         return data, copied
 
@@ -742,7 +800,7 @@ def _with_checksum(ref: BlobRef, checksum: str) -> BlobRef:
     )
 
 
-def _header(entries: list[_Entry]) -> bytearray:
+def _header(entries: _Entries, order: Sequence[int]) -> bytearray:
     """The 8-byte header size and the JSON header, padded with spaces to 8 bytes.
 
     Built in one growing buffer: with many small tensors the header is a sizable part
@@ -752,18 +810,52 @@ def _header(entries: list[_Entry]) -> bytearray:
     out += b'{"__metadata__":{"format":"pt"}'
     position = 0
     quote = json.encoder.encode_basestring_ascii
-    for e in entries:
-        e.begin = position
-        position += e.nbytes
-        shape = ",".join(map(str, e.shape))
-        out += (
-            f',{quote(e.key)}:{{"dtype":"{_CODES[e.dtype]}","shape":[{shape}],'
-            f'"data_offsets":[{e.begin},{position}]}}'
-        ).encode()
+    first, dtypes, shapes, sizes = entries.first, entries.dtype, entries.shape, entries.nbytes
+    # What comes between an entry's key and its offsets, by (dtype, shape): tensors of
+    # one layer, or of one optimizer moment, share it.
+    middles: dict[tuple[str, tuple[int, ...]], str] = {}
+    for i in order:
+        kind = (dtypes[i], shapes[i])
+        middle = middles.get(kind)
+        if middle is None:
+            dims = ",".join(map(str, kind[1]))
+            middle = middles[kind] = f'"dtype":"{_CODES[kind[0]]}","shape":[{dims}],'
+        end = position + sizes[i]
+        out += f',{quote(first[i].key)}:{{{middle}"data_offsets":[{position},{end}]}}'.encode()
+        position = end
     out += b"}"
     out += b" " * (-len(out) % 8)
     out[:8] = (len(out) - 8).to_bytes(8, "little")
     return out
+
+
+def _writev(fd: int, batch: list[Any], nbytes: int) -> None:
+    """Write the ``nbytes`` of the buffers in ``batch`` to ``fd``, in one system call."""
+    written = os.writev(fd, batch)
+    if written == nbytes:
+        return
+    for data in batch:  # a short write (a signal, a full disk): the rest piece by piece
+        view = memoryview(data).cast("B")
+        if written >= len(view):
+            written -= len(view)
+            continue
+        view = view[written:]
+        written = 0
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _each(write: Callable[[Any], None], batch: list[Any], nbytes: int) -> None:
+    for data in batch:
+        write(data)
+
+
+@functools.cache
+def _plain_tensor_types() -> tuple[frozenset[type], Any]:
+    """The tensor classes stored as they are, and ``torch.strided``."""
+    import torch
+
+    return frozenset({torch.Tensor, torch.nn.Parameter}), torch.strided
 
 
 def _tensor_bytes(t: Any) -> tuple[memoryview, bool]:
@@ -798,7 +890,7 @@ def _storage_bytes(storage: Any, device: Any) -> tuple[memoryview, bool]:
 
 def _chunked(write: Callable[[Any], object]) -> Callable[[Any], None]:
     def chunked(data: Any) -> None:
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         for start in range(0, len(view), _REMOTE_CHUNK):
             write(view[start : start + _REMOTE_CHUNK])
 
@@ -879,6 +971,10 @@ class BlobReader:
         self._lock = threading.RLock()
         self._entries: dict[str, _Info] | None = None
         self._metadata: dict[str, str] = {}
+        # The header as read, before (or instead of) parsing it whole: (JSON text, where
+        # the data starts, file size), and how many entries were looked up in it alone.
+        self._text: tuple[bytes, int, int] | None = None
+        self._scans = 0
         self._mmap: mmap.mmap | None = None
         self._view: memoryview | None = None  # of the whole mapping, for checksums
         self._fetched: dict[str, bytearray] = {}  # remote entries, by key
@@ -907,7 +1003,7 @@ class BlobReader:
             # buffer export, so closing would unmap memory that tensors still use. The
             # mapping goes when the last tensor viewing it does.
             self._view = self._mmap = None
-            self._entries = None
+            self._entries = self._text = None
 
     def keys(self) -> list[str]:
         """The entry names in the file, in file order."""
@@ -942,9 +1038,9 @@ class BlobReader:
                 ref.key,
             )
         with self._lock:
-            entries = self._header()
-            info = entries.get(ref.key)
+            info = self._entry(ref.key)
             if info is None:
+                entries = self._header()
                 near = difflib.get_close_matches(ref.key, list(entries), n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 raise BlobError(
@@ -981,11 +1077,31 @@ class BlobReader:
         if entries is None:
             with self._lock:
                 if self._entries is None:
-                    self._entries = self._read_header()
+                    text, data_start, size = self._raw_header()
+                    self._entries = self._parse_header(text, data_start, size)
                 entries = self._entries
         return entries
 
-    def _read_header(self) -> dict[str, _Info]:
+    def _entry(self, key: str) -> _Info | None:
+        """The header's entry ``key`` (lock held), without parsing the header whole.
+
+        Opening a checkpoint to read one tensor should not cost a parse of ten
+        thousand entries, so the first few lookups find their entry in the text as
+        this module writes it; anything else, and every lookup after those, gets the
+        whole header parsed and checked.
+        """
+        if self._entries is None and self._scans < _SCANS:
+            self._scans += 1
+            text, data_start, size = self._raw_header()
+            found = _scan_entry(text, key)
+            if found is not None:
+                return self._check_entry(key, found, data_start, size)
+        return self._header().get(key)
+
+    def _raw_header(self) -> tuple[bytes, int, int]:
+        """The JSON header, where the data starts and the file size; maps a local file."""
+        if self._text is not None:
+            return self._text
         if self._local:
             try:
                 f = open(self._path, "rb")  # noqa: SIM115 - kept open only to map it
@@ -994,20 +1110,22 @@ class BlobReader:
             with f:
                 size = os.fstat(f.fileno()).st_size
                 length = self._header_length(f.read(8), size)
-                entries = self._parse_header(f.read(length), 8 + length, size)
-                # Copy-on-write: tensors can be written to; the file never changes.
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-                self._view = memoryview(self._mmap)
-            return entries
-        try:
-            size = int(self._fs.size(self._path))
-        except FileNotFoundError:
-            raise BlobError("the blob file does not exist", self.file) from None
-        # By keyword: s3fs's cat_file takes version_id as its second argument.
-        first = self._fs.cat_file(self._path, start=0, end=8) if size >= 8 else b""
-        length = self._header_length(first, size)
-        text = self._fs.cat_file(self._path, start=8, end=8 + length)
-        return self._parse_header(text, 8 + length, size)
+                text = f.read(length)
+                if self._mmap is None:
+                    # Copy-on-write: tensors can be written to; the file never changes.
+                    self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                    self._view = memoryview(self._mmap)
+        else:
+            try:
+                size = int(self._fs.size(self._path))
+            except FileNotFoundError:
+                raise BlobError("the blob file does not exist", self.file) from None
+            # By keyword: s3fs's cat_file takes version_id as its second argument.
+            first = self._fs.cat_file(self._path, start=0, end=8) if size >= 8 else b""
+            length = self._header_length(first, size)
+            text = self._fs.cat_file(self._path, start=8, end=8 + length)
+        self._text = (text, 8 + length, size)
+        return self._text
 
     def _header_length(self, first: bytes, size: int) -> int:
         if len(first) < 8:
@@ -1053,37 +1171,39 @@ class BlobReader:
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise BlobError("expected __metadata__ to map strings to strings", self.file)
         self._metadata = metadata
-        entries: dict[str, _Info] = {}
-        for key, spec in table.items():
-            try:
-                code, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
-                dtype = _NAME_OF_CODE[code]
-                nbytes = _ITEMSIZE[dtype]
-                for n in shape:
-                    if type(n) is not int or n < 0:
-                        raise TypeError
-                    nbytes *= n
-                if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
-                    raise TypeError
-            except (TypeError, KeyError, ValueError):
-                raise self._bad_entry(key, spec) from None
-            if end - begin != nbytes:
-                raise BlobError(
-                    f"expected {nbytes} bytes for {code} {shape}, found data_offsets "
-                    f"[{begin}, {end}] ({end - begin} bytes)",
-                    self.file,
-                    key,
-                )
-            if data_start + end > size:
-                raise BlobError(
-                    f"expected data within the file's {size} bytes, found it ending at "
-                    f"byte {data_start + end} (truncated?)",
-                    self.file,
-                    key,
-                )
-            entries[key] = _Info(dtype, tuple(shape), data_start + begin, data_start + end)
+        check = self._check_entry
+        entries = {key: check(key, spec, data_start, size) for key, spec in table.items()}
         self._check_tiling(entries, size - data_start, data_start)
         return entries
+
+    def _check_entry(self, key: str, spec: Any, data_start: int, size: int) -> _Info:
+        try:
+            code, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+            dtype = _NAME_OF_CODE[code]
+            nbytes = _ITEMSIZE[dtype]
+            for n in shape:
+                if type(n) is not int or n < 0:
+                    raise TypeError
+                nbytes *= n
+            if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+                raise TypeError
+        except (TypeError, KeyError, ValueError):
+            raise self._bad_entry(key, spec) from None
+        if end - begin != nbytes:
+            raise BlobError(
+                f"expected {nbytes} bytes for {code} {shape}, found data_offsets "
+                f"[{begin}, {end}] ({end - begin} bytes)",
+                self.file,
+                key,
+            )
+        if data_start + end > size:
+            raise BlobError(
+                f"expected data within the file's {size} bytes, found it ending at "
+                f"byte {data_start + end} (truncated?)",
+                self.file,
+                key,
+            )
+        return _Info(dtype, tuple(shape), data_start + begin, data_start + end)
 
     def _bad_entry(self, key: str, spec: object) -> BlobError:
         """Say precisely what is wrong with an entry the fast path refused."""
@@ -1107,6 +1227,14 @@ class BlobReader:
 
         A gap would also hide an entry dropped by a duplicate key in the JSON.
         """
+        position = data_start
+        for info in entries.values():  # as this module writes them: in file order
+            if info.start != position:
+                break
+            position = info.end
+        else:
+            if position == data_start + data_size:
+                return
         position = data_start
         previous = None
         for key, info in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
@@ -1243,6 +1371,31 @@ class BlobReader:
         if device.type != "cpu":
             tensor = tensor.to(device)
         return tensor
+
+
+# Lookups a reader answers from the header text before it parses the header whole.
+_SCANS = 16
+_SCAN_DECODER = json.JSONDecoder()
+
+
+def _scan_entry(text: bytes, key: str) -> dict[str, Any] | None:
+    """The spec of entry ``key`` in a header as :class:`BlobWriter` writes it, or None.
+
+    The writer puts each entry as ``,"<key>":{"dtype":...`` with no spaces. A JSON
+    string cannot hold an unescaped ``"``, so that text outside a key is impossible;
+    it must occur exactly once, as JSON keeps the last of equal keys. None means: parse
+    the header whole (another writer's layout, an odd key, or no such entry).
+    """
+    needle = f',{json.encoder.encode_basestring_ascii(key)}:{{"dtype":'.encode()
+    at = text.find(needle)
+    if at < 0 or text.find(needle, at + 1) >= 0:
+        return None
+    start = at + len(needle) - len(b'{"dtype":')
+    try:
+        spec, _ = _SCAN_DECODER.raw_decode(text[start : start + 4096].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return spec if isinstance(spec, dict) and len(spec) == 3 else None
 
 
 def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
