@@ -1,33 +1,276 @@
 """The ``hyperstate`` console command.
 
-``hyperstate schema COMMAND --config-class module:Class`` runs the schema evolution
-commands (see :mod:`hyperstate.schema.cli`) for a config class named on the command line.
+=================================  ===========================================================
+``hyperstate ls RUN_DIR``          the checkpoints of a run, newest first, and which ones a
+                                   retention policy keeps
+``hyperstate show CKPT [PATH]``    config and state as a tree; tensors as dtype, shape and size
+                                   (no tensor bytes are read)
+``hyperstate verify CKPT``         every file against ``COMMITTED`` (sizes and checksums)
+``hyperstate diff A B``            two configs, or two checkpoints' configs and state, field by
+                                   field
+``hyperstate schedule TEXT``       a schedule's values, plotted in the terminal or to a PNG
+``hyperstate convert SRC DST``     import a ``torch.save`` / safetensors / DCP checkpoint, or
+                                   export a checkpoint's tensors to a safetensors file
+``hyperstate set RUN_DIR p=v``     live edits of a running experiment (:mod:`hyperstate.edits`)
+``hyperstate schema ...``          schema evolution (:mod:`hyperstate.schema.cli`)
+=================================  ===========================================================
+
+Every path may be an fsspec URL. Commands exit with 0 on success and print
+``hyperstate <command>: error: <reason>`` to stderr and exit with 1 on failure (2 for a
+bad command line). Colour is used only on a terminal (``--color``, ``NO_COLOR``).
+torch is imported only by the commands that read tensors.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import json
+import math
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
 
 import hyperstate
+from hyperstate.errors import HyperstateError, ParseError
 from hyperstate.schema import cli as schema_cli
 
+if TYPE_CHECKING:
+    from hyperstate.blobs import BlobReader
+    from hyperstate.schedule import Schedule
+    from hyperstate.storage import CheckpointInfo, Problem
+
 __all__ = ["main"]
+
+_PNG_HINT = "pip install 'hyperstate[plot]'"
+
+
+class _Failure(Exception):
+    """A command cannot do what was asked; the message is the one-line reason."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hyperstate`` command; returns the exit status."""
+    parser, schema = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives an optional positional (show's PATH) nothing when an option comes
+    # between it and CKPT (`show RUN --step 2 step`); take it from what is left over.
+    if args.group == "show" and args.field is None and len(extra) == 1:
+        args.field = extra.pop() if not extra[0].startswith("-") else None
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.group is None:
+        parser.print_help()
+        return 0
+    if args.group == "schema":
+        return _cmd_schema(args, schema)
+    try:
+        result: int = args.run(args)
+        return result
+    except BrokenPipeError:  # `hyperstate show ... | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the exit flush is quiet
+        return 1
+    except (_Failure, HyperstateError, OSError, ValueError, ImportError) as e:
+        print(_error_text(args.group, e), file=sys.stderr)
+        return 1
+
+
+def _error_text(command: str, error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, FileNotFoundError) and error.filename:
+        text = f"{error.filename}: no such file or directory"
+    first, _, rest = text.partition("\n")
+    line = f"hyperstate {command}: error: {first}"
+    # Parse errors carry the offending line with a caret under the spot: keep it.
+    if rest and isinstance(error, ParseError | hyperstate.ScheduleError):
+        line += "\n" + rest
+    return line
+
+
+# ---------------------------------------------------------------------------------------
+# The command line
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(
         prog="hyperstate",
         description="Typed configs, schema evolution and checkpoints for PyTorch training runs.",
+        epilog="Every path may be a local path or an fsspec URL (s3://..., gs://..., "
+        "memory://...). 'hyperstate COMMAND --help' describes each command.",
     )
     parser.add_argument(
         "--version", action="version", version=f"hyperstate {hyperstate.__version__}"
     )
     commands = parser.add_subparsers(dest="group", metavar="COMMAND", title="commands")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the output: auto (the default) on a terminal unless NO_COLOR is set",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+    def command(name: str, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=epilog,
+            parents=[common, as_json] if name != "convert" else [common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    ls = command(
+        "ls",
+        "list the checkpoints of a run",
+        "List the checkpoints under RUN_DIR, newest first: number, time of commit, size, "
+        "whether committed, and whether the retention rules given keep it (what "
+        "CheckpointPolicy's keep_* options would delete; nothing is deleted here).",
+        "examples:\n  hyperstate ls runs/exp1\n  hyperstate ls s3://bucket/exp1 --keep-last 2 "
+        "--keep-every 1000\n  hyperstate ls runs/exp1 --keep-best 3 --best-field eval.loss",
+    )
+    ls.add_argument("run_dir", metavar="RUN_DIR", help="the run's checkpoint_dir")
+    ls.add_argument("--keep-last", type=int, metavar="K", help="keep the newest K")
+    ls.add_argument("--keep-every", type=int, metavar="M", help="keep numbers divisible by M")
+    ls.add_argument("--keep-best", type=int, metavar="K", help="keep the best K by --best-field")
+    ls.add_argument("--best-field", metavar="PATH", help="a numeric state field, e.g. eval.loss")
+    ls.add_argument("--mode", choices=("min", "max"), default="min", help="best is min or max")
+    ls.add_argument("--prefix", default="step", help="checkpoint directory prefix (step)")
+    ls.set_defaults(run=_cmd_ls)
+
+    show = command(
+        "show",
+        "show a checkpoint's config and state as a tree",
+        "Show the config and the state of a checkpoint as a tree. Tensors are shown with "
+        "dtype, shape and size from the references in state.ron: no tensor bytes are read, "
+        "so this is quick on a large checkpoint in the cloud.",
+        "CKPT is a checkpoint directory, a run directory (its newest committed checkpoint, or "
+        "--step), or a .ron file.\nPATH selects a subtree: optimizer.lr, model.fc1.weight, "
+        "optimizer.param_groups[0].lr;\nprefix it with config. or state. when both have it."
+        "\n\nexamples:\n  hyperstate show runs/exp1\n  hyperstate show runs/exp1 optimizer.lr\n"
+        "  hyperstate show runs/exp1/step-000000001000 model --json",
+    )
+    show.add_argument("ckpt", metavar="CKPT", help="checkpoint, run directory or .ron file")
+    show.add_argument("field", metavar="PATH", nargs="?", help="a field path to show")
+    _checkpoint_options(show)
+    show.set_defaults(run=_cmd_show)
+
+    verify = command(
+        "verify",
+        "check a checkpoint's files against COMMITTED",
+        "Check every file of a committed checkpoint against the sizes and checksums in its "
+        "COMMITTED file. Hand-edited .ron files are reported as edited, which is allowed; a "
+        "blob file that differs is corrupted, a listed file that is gone is missing. Exits "
+        "with 1 when a file is corrupted or missing.",
+        "examples:\n  hyperstate verify runs/exp1\n  hyperstate verify runs/exp1 --all\n"
+        "  hyperstate verify s3://bucket/exp1/step-000000001000 --json",
+    )
+    verify.add_argument("ckpt", metavar="CKPT", help="checkpoint or run directory")
+    verify.add_argument(
+        "--all", action="store_true", help="verify every committed checkpoint of a run"
+    )
+    _checkpoint_options(verify)
+    verify.set_defaults(run=_cmd_verify)
+
+    diff = command(
+        "diff",
+        "compare two configs or checkpoints",
+        "Compare two config files, or the config and state of two checkpoints, field by "
+        "field. Tensors are compared by dtype, shape and the checksums in state.ron; "
+        "--values also reads them and prints the largest absolute difference.",
+        "A and B are checkpoint directories, run directories (newest checkpoint) or .ron "
+        "files.\n\nexamples:\n  hyperstate diff runs/a/config.ron runs/b/config.ron\n"
+        "  hyperstate diff runs/exp1/step-000000001000 runs/exp1/step-000000002000 --values",
+    )
+    diff.add_argument("a", metavar="A")
+    diff.add_argument("b", metavar="B")
+    diff.add_argument(
+        "--values", action="store_true", help="read changed tensors: max absolute difference"
+    )
+    diff.add_argument(
+        "--exit-code", action="store_true", help="exit with 1 when there are differences"
+    )
+    diff.set_defaults(run=_cmd_diff)
+
+    schedule = command(
+        "schedule",
+        "print and plot a hyperparameter schedule",
+        "Print a schedule's values at a few points and plot it in the terminal; --png "
+        "writes a picture (needs matplotlib: " + _PNG_HINT + ").",
+        "examples:\n  hyperstate schedule 'step: 3e-4@0 cos 0@1e5'\n"
+        "  hyperstate schedule 'step: 0@0 lin 1e-3@1000 cos 0@1e5' --to 20000 --png lr.png",
+    )
+    schedule.add_argument("schedule", metavar="SCHEDULE", help="e.g. 'step: 3e-4@0 cos 0@1e5'")
+    schedule.add_argument("--from", dest="start", type=float, metavar="X", help="first x")
+    schedule.add_argument("--to", dest="end", type=float, metavar="X", help="last x")
+    schedule.add_argument("--points", type=int, default=11, help="values to print (11)")
+    schedule.add_argument("--width", type=int, default=64, help="plot width in characters")
+    schedule.add_argument("--height", type=int, default=12, help="plot height in lines")
+    schedule.add_argument("--png", metavar="FILE", help="also write the plot as a PNG")
+    schedule.set_defaults(run=_cmd_schedule)
+
+    convert = command(
+        "convert",
+        "import torch.save / safetensors / DCP checkpoints, export to safetensors",
+        "Import a torch.save file (loaded with weights_only=True), a safetensors file or a "
+        "torch.distributed.checkpoint directory into a committed hyperstate checkpoint "
+        "under the run directory DST; or, when SRC is a hyperstate checkpoint (or run "
+        "directory), export its tensors to the safetensors file DST.\n\n"
+        "An import writes state.ron as State(model: {...}) (--field names the field; "
+        "--as-fields makes the top-level keys the fields; --stateful writes the dict as "
+        "the state of a module or optimizer field).",
+        "examples:\n  hyperstate convert model.pt runs/finetune\n"
+        "  hyperstate convert model.safetensors runs/finetune --stateful --config config.ron\n"
+        "  hyperstate convert dcp_checkpoint/ runs/imported --as-fields --step 1000\n"
+        "  hyperstate convert runs/exp1 model.safetensors --select model",
+    )
+    convert.add_argument("src", metavar="SRC")
+    convert.add_argument("dst", metavar="DST")
+    convert.add_argument(
+        "--from",
+        dest="format",
+        choices=("auto", "torch", "safetensors", "dcp", "hyperstate"),
+        default="auto",
+        help="the format of SRC (by default told from its content)",
+    )
+    convert.add_argument(
+        "--step",
+        type=int,
+        metavar="N",
+        help="import: the number of the new checkpoint (0); export: which checkpoint of a run",
+    )
+    convert.add_argument("--field", default="model", help="import: the state field (model)")
+    convert.add_argument(
+        "--as-fields", action="store_true", help="import: top-level keys become state fields"
+    )
+    convert.add_argument(
+        "--stateful",
+        action="store_true",
+        help="import: write Module(state: {...}), which a field typed nn.Module loads",
+    )
+    convert.add_argument("--config", metavar="FILE", help="import: the config.ron to record")
+    convert.add_argument("--select", metavar="PATH", help="export: only this subtree (model)")
+    convert.add_argument("--prefix", default="step", help="checkpoint directory prefix (step)")
+    convert.set_defaults(run=_cmd_convert)
+
+    edit = commands.add_parser(
+        "set",
+        help="edit the hyperparameters of a running experiment",
+        description="Ask the run that checkpoints to RUN_DIR to apply path=value overrides at "
+        "its next step(); the outcome is written next to the request (.applied / .rejected).",
+    )
+    edit.add_argument(
+        "run_dir", metavar="RUN_DIR", help="the run's checkpoint_dir (any fsspec URL)"
+    )
+    edit.add_argument("overrides", nargs="+", metavar="path=value")
+    edit.set_defaults(run=_cmd_set)
+
     schema = commands.add_parser(
         "schema",
         help="schema evolution: dump-schema, check-schema, upgrade-schema, upgrade-config",
@@ -40,25 +283,861 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the config class, e.g. config:Config (the current directory is importable)",
     )
     schema_cli.add_commands(schema)
-    edit = commands.add_parser(
-        "set",
-        help="edit the hyperparameters of a running experiment",
-        description="Ask the run that checkpoints to RUN_DIR to apply path=value overrides at "
-        "its next step(); the outcome is written next to the request (.applied / .rejected).",
-    )
-    edit.add_argument(
-        "run_dir", metavar="RUN_DIR", help="the run's checkpoint_dir (any fsspec URL)"
-    )
-    edit.add_argument("overrides", nargs="+", metavar="path=value")
-    args = parser.parse_args(argv)
-    if args.group is None:
-        parser.print_help()
-        return 0
-    if args.group == "set":
-        from hyperstate.edits import request_edit
+    return parser, schema
 
-        print(f"requested: {request_edit(args.run_dir, args.overrides)}")
+
+def _checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--step", type=int, metavar="N", help="with a run directory: checkpoint N, not the newest"
+    )
+    parser.add_argument("--prefix", default="step", help="checkpoint directory prefix (step)")
+
+
+# ---------------------------------------------------------------------------------------
+# Output helpers
+
+_STYLES = {
+    "key": "36",
+    "type": "2",
+    "tensor": "32",
+    "head": "1",
+    "good": "32",
+    "bad": "31",
+    "warn": "33",
+}
+
+
+class _Paint:
+    """ANSI colours, on only when asked or when the stream is a terminal."""
+
+    def __init__(self, mode: str, stream: TextIO) -> None:
+        if mode == "auto":
+            self.on = (
+                _isatty(stream)
+                and not os.environ.get("NO_COLOR")
+                and os.environ.get("TERM") != "dumb"
+            )
+        else:
+            self.on = mode == "always"
+
+    def __call__(self, text: str, style: str) -> str:
+        return f"\033[{_STYLES[style]}m{text}\033[0m" if self.on else text
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no inf or NaN: those become the strings "inf", "-inf" and "nan"."""
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+# ---------------------------------------------------------------------------------------
+# Finding checkpoints
+
+
+@dataclass
+class _Target:
+    """What a CKPT argument names: documents to read and where their blobs live."""
+
+    label: str
+    directory: str  # where state.ron's blob references resolve
+    files: dict[str, str]  # "config" / "state" (or a file's stem) -> URL
+    info: CheckpointInfo | None  # the committed checkpoint, if it is one
+
+
+def _join(url: str, name: str) -> str:
+    return f"{url.rstrip('/')}/{name}"
+
+
+def _target(path: str, step: int | None, prefix: str, *, committed: bool = False) -> _Target:
+    """Resolve a checkpoint directory, a run directory or a .ron file."""
+    from hyperstate import _fs
+    from hyperstate.storage import COMMITTED, CheckpointInfo, CheckpointStore, Manifest
+
+    fs, fs_path = _fs.url_to_fs(path)
+    url = path.rstrip("/") or path
+    if fs.isfile(fs_path):
+        if committed or not path.endswith(".ron"):
+            raise _Failure(f"{path}: expected a checkpoint directory or a run directory")
+        stem = os.path.basename(fs_path).rsplit(".", 1)[0]
+        return _Target(path, _parent(url), {stem: path}, None)
+    if not fs.isdir(fs_path):
+        raise _Failure(f"{path}: no such file or directory")
+    marker = _join(fs_path, COMMITTED)
+    if fs.exists(marker):
+        if step is not None:
+            raise _Failure(f"{path} is a checkpoint; --step is for a run directory")
+        text = fs.cat_file(marker).decode("utf-8", "replace")
+        manifest = Manifest.loads(text, _join(url, COMMITTED))
+        info = CheckpointInfo(manifest.number, url, manifest)
+        docs = {
+            n: _join(url, f"{n}.ron") for n in ("config", "state") if f"{n}.ron" in manifest.files
+        }
+        return _Target(url, url, docs, info)
+    present = {n for n in ("config", "state") if fs.exists(_join(fs_path, f"{n}.ron"))}
+    if present and step is None:
+        if committed:
+            raise _Failure(
+                f"{path} is not committed (no {COMMITTED}): a save in progress, or one that crashed"
+            )
+        print(f"hyperstate: warning: {path} is not committed (no {COMMITTED})", file=sys.stderr)
+        return _Target(url, url, {n: _join(url, f"{n}.ron") for n in sorted(present)}, None)
+    store = CheckpointStore(url, prefix=prefix)
+    found = store.get(step) if step is not None else store.latest()
+    if found is None:
+        which = f"checkpoint {step}" if step is not None else "committed checkpoint"
+        raise _Failure(f"no {which} in {path}")
+    docs = {
+        n: _join(found.path, f"{n}.ron")
+        for n in ("config", "state")
+        if f"{n}.ron" in found.manifest.files
+    }
+    return _Target(found.path, found.path, docs, found)
+
+
+def _parent(url: str) -> str:
+    if "://" in url:
+        return url.rpartition("/")[0]
+    return os.path.dirname(os.path.abspath(url))
+
+
+def _read_tree(url: str) -> Any:
+    from hyperstate import _fs, ron
+
+    return ron.loads(_fs.read_text(url), path=url)
+
+
+# ---------------------------------------------------------------------------------------
+# ls
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from hyperstate import _fs
+    from hyperstate.storage import CheckpointStore, RetentionPolicy
+
+    policy = RetentionPolicy(args.keep_last, args.keep_every, args.keep_best, args.mode)
+    if args.keep_best is not None and not args.best_field:
+        raise _Failure("--keep-best needs --best-field (a numeric state field, e.g. eval.loss)")
+    store = CheckpointStore(args.run_dir, prefix=args.prefix)
+    fs, fs_path = _fs.url_to_fs(args.run_dir)
+    if not fs.isdir(fs_path):
+        raise _Failure(f"{args.run_dir}: no such directory")
+    infos = store.list()
+    numbers = [i.number for i in infos]
+    metrics = None
+    if args.keep_best is not None:
+        metrics = {i.number: _metric(i, args.best_field) for i in infos}
+    kept = set(policy.keep(numbers, metrics))
+    rows: list[dict[str, Any]] = []
+    for info in infos:
+        row: dict[str, Any] = {
+            "number": info.number,
+            "path": info.path,
+            "created": info.manifest.created,
+            "size": sum(e.size for e in info.manifest.files.values()),
+            "committed": True,
+            "keep": info.number in kept,
+        }
+        if metrics is not None:
+            row["metric"] = _json_number(metrics[info.number])
+        rows.append(row)
+    for url in store.uncommitted():
+        number = int(url.rstrip("/").rpartition("-")[2])
+        _, dir_path = _fs.url_to_fs(url)
+        try:
+            size = int(fs.du(dir_path, total=True))
+        except FileNotFoundError:  # removed meanwhile: a save that just finished or failed
+            continue
+        row = {"number": number, "path": url, "created": None, "size": size}
+        row.update(committed=False, keep=None)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["number"], r["committed"]), reverse=True)
+    if args.json:
+        rules = {
+            "keep_last": args.keep_last,
+            "keep_every": args.keep_every,
+            "keep_best": args.keep_best,
+            "best_field": args.best_field,
+            "mode": args.mode,
+        }
+        _print_json({"run_dir": args.run_dir, "retention": rules, "checkpoints": rows})
         return 0
+    paint = _Paint(args.color, sys.stdout)
+    if not rows:
+        print(f"no checkpoints in {args.run_dir}")
+        return 0
+    table = [("NUMBER", "CREATED", "SIZE", "STATUS", "RETENTION")]
+    for r in rows:
+        created = r["created"].replace("T", " ").replace("+00:00", " UTC") if r["created"] else "-"
+        keep = "-" if r["keep"] is None else ("keep" if r["keep"] else "delete")
+        status = "committed" if r["committed"] else "uncommitted"
+        table.append((str(r["number"]), created, _size(r["size"]), status, keep))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for n, cols in enumerate(table):
+        cells = [
+            cell.ljust(w) if i != 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cols, widths, strict=True))
+        ]
+        line = "  ".join(cells).rstrip()
+        if n == 0:
+            line = paint(line, "head")
+        elif cols[3] == "uncommitted":
+            line = paint(line, "warn")
+        elif cols[4] == "delete":
+            line = paint(line, "type")
+        print(line)
+    return 0
+
+
+def _metric(info: CheckpointInfo, field: str) -> float:
+    from hyperstate.convert import ConvertError, resolve, tensor_info
+
+    try:
+        node = resolve(_read_tree(_join(info.path, "state.ron")), field)
+    except ConvertError:
+        return math.nan
+    tensor = tensor_info(node)
+    value = tensor.value if tensor is not None and tensor.inline else node
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _size(nbytes: int) -> str:
+    from hyperstate.convert import format_size
+
+    return format_size(nbytes)
+
+
+# ---------------------------------------------------------------------------------------
+# show
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from hyperstate.convert import ConvertError, iter_tensors, parse_path, resolve
+
+    target = _target(args.ckpt, args.step, args.prefix)
+    trees = {name: _read_tree(url) for name, url in target.files.items()}
+    if not trees:
+        raise _Failure(f"{target.label} has no config.ron or state.ron")
+    if args.field:
+        found: dict[str, Any] = {}
+        errors: list[str] = []
+        first = parse_path(args.field)[0]
+        for name, tree in trees.items():
+            try:
+                found[name] = resolve(tree, args.field)
+            except ConvertError as e:
+                errors.append(f"{name}: {e}")
+            if first == name and len(parse_path(args.field)) > 1 and name not in found:
+                try:
+                    found[name] = resolve(tree, parse_path(args.field)[1:])
+                    errors.pop()
+                except ConvertError:
+                    pass
+        if not found:
+            raise _Failure(f"no field {args.field} in {target.label} ({'; '.join(errors)})")
+        if args.json:
+            _print_json({name: _json_tree(node) for name, node in found.items()})
+            return 0
+        paint = _Paint(args.color, sys.stdout)
+        for name, node in found.items():
+            label = args.field if len(found) == 1 else f"{name}.{args.field}"
+            for line in _tree_lines(node, label, 0, paint):
+                print(line)
+        return 0
+    if args.json:
+        _print_json({name: _json_tree(tree) for name, tree in trees.items()})
+        return 0
+    paint = _Paint(args.color, sys.stdout)
+    for n, (name, tree) in enumerate(trees.items()):
+        if n:
+            print()
+        summary = ""
+        tensors = [info for _, info, _ in iter_tensors(tree)]
+        if tensors:
+            total = sum(t.nbytes or 0 for t in tensors)
+            summary = f": {len(tensors)} tensor{'s' if len(tensors) != 1 else ''}, {_size(total)}"
+        print(paint(f"{name} ({target.files[name]}){summary}", "head"))
+        for line in _tree_lines(tree, None, 0, paint):
+            print(line)
+    return 0
+
+
+_INLINE_WIDTH = 80
+_LIST_PREVIEW = 6
+
+
+def _tree_lines(node: Any, label: str | None, depth: int, paint: _Paint) -> Iterator[str]:
+    """The lines that show ``node`` (and what is under it), indented by ``depth``."""
+    from hyperstate import ron
+    from hyperstate.convert import children, is_container, tensor_info, type_name
+
+    lead = "  " * depth + (paint(str(label), "key") + ": " if label is not None else "")
+    info = tensor_info(node)
+    if info is not None:
+        yield lead + paint(info.describe(), "tensor")
+        return
+    if not is_container(node):
+        yield lead + _leaf_text(node)
+        return
+    kids = children(node)
+    name = type_name(node)
+    leaves = all(not is_container(c) and tensor_info(c) is None for _, c in kids)
+    if kids and leaves and type(node) in (list, tuple):
+        inline = ron.dumps(node)
+        if "\n" not in inline and len(inline) <= _INLINE_WIDTH:
+            yield lead + inline
+            return
+        if type(node) is list and len(node) > _LIST_PREVIEW:
+            shown = ", ".join(_leaf_text(v) for v in node[: _LIST_PREVIEW - 1])
+            more = f"... {_leaf_text(node[-1])}] ({len(node)} items)"
+            preview = f"[{shown}, {more}"
+            if len(preview) <= _INLINE_WIDTH * 2:
+                yield lead + preview
+                return
+    if name:
+        head = name
+    elif type(node) is list:
+        head = f"[{len(kids)} item{'s' if len(kids) != 1 else ''}]"
+    elif type(node) is tuple:
+        head = f"({len(kids)} items)"
+    else:
+        head = f"{{{len(kids)} entr{'ies' if len(kids) != 1 else 'y'}}}"
+    if not kids:
+        head = f"{name}()" if name else ("{}" if type(node) is dict else ron.dumps(node))
+    yield lead + paint(head, "type")
+    for seg, child in kids:
+        child_label = f"[{seg}]" if type(node) in (list, tuple) else str(seg)
+        yield from _tree_lines(child, child_label, depth + 1, paint)
+
+
+def _leaf_text(value: Any) -> str:
+    from hyperstate import ron
+
+    try:
+        text = ron.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text
+
+
+def _json_tree(node: Any) -> Any:
+    """A value tree as JSON: structs as objects (names dropped), tensors as
+    ``{"__tensor__": {...}}``, non-finite floats as strings."""
+    from hyperstate import ron
+    from hyperstate.convert import children, is_container, tensor_info
+
+    info = tensor_info(node)
+    if info is not None:
+        out: dict[str, Any] = {"kind": info.kind, "dtype": info.dtype, "shape": list(info.shape)}
+        out["nbytes"] = info.nbytes
+        if info.inline:
+            out["value"] = _json_tree(info.value)
+        if info.checksum is not None:
+            out["checksum"] = info.checksum
+        if info.shards is not None:
+            out["shards"] = info.shards
+        if info.device is not None:
+            out["device"] = info.device
+        return {"__tensor__": out}
+    if is_container(node):
+        kids = children(node)
+        if type(node) in (list, tuple, ron.TupleStruct) or (
+            type(node) is ron.Some and type(node.value) in (list, tuple)
+        ):
+            return [_json_tree(c) for _, c in kids]
+        return {str(seg): _json_tree(c) for seg, c in kids}
+    if type(node) is ron.Some:
+        return _json_tree(node.value)
+    if type(node) is ron.Ident:
+        return node.name
+    if isinstance(node, float):
+        return _json_number(node)
+    if isinstance(node, bytes):
+        return node.hex()
+    return node
+
+
+# ---------------------------------------------------------------------------------------
+# verify
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from hyperstate.storage import CheckpointStore
+
+    if args.all:
+        if args.step is not None:
+            raise _Failure("--all and --step exclude each other")
+        infos = CheckpointStore(args.ckpt, prefix=args.prefix).list()
+        if not infos:
+            raise _Failure(f"no committed checkpoint in {args.ckpt}")
+    else:
+        info = _target(args.ckpt, args.step, args.prefix, committed=True).info
+        assert info is not None
+        infos = [info]
+    total = sum(e.size for i in infos for e in i.manifest.files.values())
+    progress = _Progress(total, _isatty(sys.stderr))
+    results = []
+    try:
+        for info in infos:
+            results.append((info, _verify(info, progress)))
+    finally:
+        progress.close()
+    bad = any(p.fatal for _, problems in results for p in problems)
+    if args.json:
+        out = [
+            {
+                "path": info.path,
+                "number": info.number,
+                "ok": not any(p.fatal for p in problems),
+                "files": len(info.manifest.files),
+                "bytes": sum(e.size for e in info.manifest.files.values()),
+                "problems": [
+                    {"path": p.path, "kind": p.kind, "message": p.message} for p in problems
+                ],
+            }
+            for info, problems in results
+        ]
+        _print_json({"ok": not bad, "checkpoints": out})
+        return 1 if bad else 0
+    paint = _Paint(args.color, sys.stdout)
+    for info, problems in results:
+        files = len(info.manifest.files)
+        size = _size(sum(e.size for e in info.manifest.files.values()))
+        fatal = [p for p in problems if p.fatal]
+        verdict = paint("BAD", "bad") if fatal else paint("ok", "good")
+        print(f"{verdict} {info.path} ({files} file{'s' if files != 1 else ''}, {size})")
+        for p in problems:
+            style = "bad" if p.fatal else "warn"
+            print(f"  {paint(p.kind.ljust(10), style)} {p.message}")
+    if bad:
+        count = sum(1 for _, problems in results for p in problems if p.fatal)
+        print(
+            f"hyperstate verify: error: {count} bad file{'s' if count != 1 else ''}",
+            file=sys.stderr,
+        )
+    return 1 if bad else 0
+
+
+class _Progress:
+    """A one-line progress report on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.done = 0
+        self.name = ""
+        self._last = -math.inf
+
+    def advance(self, nbytes: int, name: str) -> None:
+        self.done += nbytes
+        self.name = name
+        now = time.monotonic()
+        if self.enabled and (now - self._last >= 0.1 or self.done >= self.total):
+            self._last = now
+            share = self.done / self.total if self.total else 1.0
+            bar = "#" * int(share * 20)
+            sys.stderr.write(
+                f"\r\033[Kverifying [{bar:<20}] {share:4.0%} {_size(self.done)} / "
+                f"{_size(self.total)} {name}"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._last != -math.inf:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _verify(info: CheckpointInfo, progress: _Progress) -> list[Problem]:
+    """Every file of a checkpoint against its manifest, as ``CheckpointStore.verify`` does,
+    reporting the bytes read to ``progress`` as it goes."""
+    import xxhash
+
+    from hyperstate import _fs
+    from hyperstate.storage import COMMITTED, FileEntry, Problem
+
+    fs, root = _fs.url_to_fs(info.path)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        present = {p[len(root) + 1 :] for p in fs.find(root) if p.startswith(root + "/")}
+    except FileNotFoundError:
+        present = set()
+    problems: list[Problem] = []
+    for name, want in sorted(info.manifest.files.items()):
+        url = _join(info.path, name)
+        if name not in present:
+            problems.append(Problem(name, "missing", f"{url}: missing (listed in COMMITTED)"))
+            continue
+        digest = xxhash.xxh3_64()
+        size = 0
+        with fs.open(f"{root}/{name}", "rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                progress.advance(len(chunk), name)
+        have = FileEntry(size, "xxh3-64:" + digest.hexdigest())
+        if size != want.size:
+            progress.advance(want.size - size, name)  # keep the total honest
+        if have == want:
+            continue
+        if name.endswith(".ron"):
+            message = f"{url}: edited since commit ({want.size} -> {have.size} bytes)"
+            problems.append(Problem(name, "edited", message))
+        else:
+            message = (
+                f"{url}: corrupted: expected {want.size} bytes {want.checksum}, "
+                f"found {have.size} bytes {have.checksum}"
+            )
+            problems.append(Problem(name, "corrupted", message))
+    for name in sorted(present - set(info.manifest.files) - {COMMITTED}):
+        message = f"{_join(info.path, name)}: not listed in COMMITTED"
+        problems.append(Problem(name, "unexpected", message))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# diff
+
+
+@dataclass
+class _Change:
+    path: str
+    change: str  # "changed", "added", "removed"
+    a: Any
+    b: Any
+    max_abs_diff: float | None = None
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    a = _target(args.a, None, "step")
+    b = _target(args.b, None, "step")
+    if len(a.files) == 1 and len(b.files) == 1:
+        pairs = [("", next(iter(a.files.values())), next(iter(b.files.values())))]
+    else:
+        shared = [n for n in a.files if n in b.files]
+        if not shared:
+            raise _Failure(f"nothing to compare: {a.label} and {b.label} share no .ron file")
+        pairs = [(n, a.files[n], b.files[n]) for n in shared]
+    changes: list[_Change] = []
+    for name, url_a, url_b in pairs:
+        _diff(_read_tree(url_a), _read_tree(url_b), [name] if name else [], changes)
+    if args.values:
+        readers: tuple[dict[str, BlobReader], dict[str, BlobReader]] = ({}, {})
+        for c in changes:
+            if c.change == "changed":
+                c.max_abs_diff = _max_abs_diff(c.a, c.b, a.directory, b.directory, readers)
+    if args.json:
+        out = []
+        for c in changes:
+            item: dict[str, Any] = {"path": c.path, "change": c.change}
+            if c.change != "added":
+                item["a"] = _json_tree(c.a)
+            if c.change != "removed":
+                item["b"] = _json_tree(c.b)
+            if c.max_abs_diff is not None:
+                item["max_abs_diff"] = _json_number(c.max_abs_diff)
+            out.append(item)
+        _print_json({"a": a.label, "b": b.label, "differences": out})
+    else:
+        paint = _Paint(args.color, sys.stdout)
+        for c in changes:
+            if c.change == "added":
+                print(paint(f"+ {c.path}: {_brief(c.b)}", "good"))
+            elif c.change == "removed":
+                print(paint(f"- {c.path}: {_brief(c.a)}", "bad"))
+            else:
+                print(paint(f"~ {c.path}: {_change_text(c.a, c.b)}", "warn"))
+                if c.max_abs_diff is not None:
+                    print(f"    max abs diff {c.max_abs_diff:.6g}")
+        if changes:
+            n = len(changes)
+            print(f"{n} difference{'s' if n != 1 else ''}")
+        else:
+            print("no differences")
+    return 1 if changes and args.exit_code else 0
+
+
+def _diff(a: Any, b: Any, path: list[Any], out: list[_Change]) -> None:
+    from hyperstate.convert import children, format_path, is_container, tensor_info, type_name
+
+    where = format_path(path)
+    ta, tb = tensor_info(a), tensor_info(b)
+    if ta is not None or tb is not None:
+        if ta is None or tb is None or _tensor_key(ta, a) != _tensor_key(tb, b):
+            out.append(_Change(where, "changed", a, b))
+        return
+    if is_container(a) and is_container(b):
+        if type_name(a) != type_name(b) or _sequence(a) != _sequence(b):
+            out.append(_Change(where, "changed", a, b))
+            return
+        kids_a, kids_b = dict(children(a)), dict(children(b))
+        for seg, child in kids_a.items():
+            if seg in kids_b:
+                _diff(child, kids_b[seg], [*path, seg], out)
+            else:
+                out.append(_Change(format_path([*path, seg]), "removed", child, None))
+        for seg, child in kids_b.items():
+            if seg not in kids_a:
+                out.append(_Change(format_path([*path, seg]), "added", None, child))
+        return
+    if not _same_leaf(a, b):
+        out.append(_Change(where, "changed", a, b))
+
+
+def _sequence(node: Any) -> bool:
+    from hyperstate import ron
+
+    if type(node) is ron.Some:
+        return _sequence(node.value)
+    return type(node) in (list, tuple, ron.TupleStruct)
+
+
+def _tensor_key(info: Any, node: Any) -> tuple[Any, ...]:
+    """What must be equal for two tensor references to hold the same tensor."""
+    if info.inline:
+        value = info.value
+        nan = isinstance(value, float) and math.isnan(value)
+        return (info.kind, info.dtype, "nan" if nan else value)
+    if info.checksum is not None:
+        return (info.kind, info.dtype, info.shape, info.checksum)
+    # Sharded and other forms: equal when written alike (the shards' checksums included).
+    return (info.kind, node)
+
+
+def _same_leaf(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if type(a) is bool or type(b) is bool:
+        return type(a) is type(b) and a == b
+    try:
+        return bool(a == b)
+    except Exception:  # a value whose == is unusual; different then
+        return False
+
+
+def _change_text(a: Any, b: Any) -> str:
+    from hyperstate.convert import tensor_info
+
+    ta, tb = tensor_info(a), tensor_info(b)
+    if ta is not None and tb is not None and not ta.inline and ta.describe() == tb.describe():
+        # Same dtype and shape: only the bytes differ.
+        return f"{ta.describe()}, checksum {ta.checksum} -> {tb.checksum}"
+    return f"{_brief(a)} -> {_brief(b)}"
+
+
+def _brief(node: Any) -> str:
+    from hyperstate.convert import children, is_container, tensor_info, type_name
+
+    info = tensor_info(node)
+    if info is not None:
+        text = info.describe()
+        if info.checksum is not None:
+            text += f" {info.checksum}"
+        return text
+    if is_container(node):
+        name = type_name(node)
+        n = len(children(node))
+        if name:
+            return f"{name}(...)"
+        if _sequence(node):
+            return f"[{n} item{'s' if n != 1 else ''}]"
+        return f"{{{n} entr{'ies' if n != 1 else 'y'}}}"
+    text = _leaf_text(node)
+    return text if len(text) <= _INLINE_WIDTH else text[: _INLINE_WIDTH - 3] + "..."
+
+
+def _max_abs_diff(
+    a: Any,
+    b: Any,
+    dir_a: str,
+    dir_b: str,
+    readers: tuple[dict[str, BlobReader], dict[str, BlobReader]],
+) -> float | None:
+    """The largest absolute elementwise difference of two tensors of the same shape."""
+    from hyperstate.convert import read_tensor, tensor_info
+
+    ta, tb = tensor_info(a), tensor_info(b)
+    if ta is None or tb is None or ta.shape != tb.shape:
+        return None
+    import torch
+
+    x, y = read_tensor(dir_a, a, readers[0]), read_tensor(dir_b, b, readers[1])
+    if x.numel() == 0:
+        return 0.0
+    wide = torch.complex128 if x.is_complex() or y.is_complex() else torch.float64
+    return float((x.to(wide) - y.to(wide)).abs().max().item())
+
+
+# ---------------------------------------------------------------------------------------
+# schedule
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from hyperstate.schedule import parse
+
+    schedule = parse(args.schedule)
+    first, last = schedule.points[0].x, schedule.points[-1].x
+    start = first if args.start is None else args.start
+    end = last if args.end is None else args.end
+    if end == start and args.end is None:
+        end = start + 1
+    if end <= start:
+        raise _Failure(f"expected --to greater than {_num(start)}, found {_num(end)}")
+    if args.points < 2 or args.width < 8 or args.height < 3:
+        raise _Failure("expected --points >= 2, --width >= 8 and --height >= 3")
+    xs = [start + (end - start) * i / (args.points - 1) for i in range(args.points)]
+    values = [(x, schedule.value_at(x)) for x in xs]
+    if args.png:
+        _write_png(schedule, start, end, args.png)
+    if args.json:
+        out: dict[str, Any] = {
+            "schedule": schedule.text,
+            "x": ".".join(schedule.x),
+            "values": [{"x": x, "value": _json_number(v)} for x, v in values],
+        }
+        if args.png:
+            out["png"] = args.png
+        _print_json(out)
+        return 0
+    paint = _Paint(args.color, sys.stdout)
+    x_name = ".".join(schedule.x)
+    print(paint(schedule.text, "head"))
+    width = max(len(x_name), *(len(_num(x)) for x in xs))
+    print(f"  {x_name.rjust(width)}  value")
+    for x, v in values:
+        print(f"  {_num(x).rjust(width)}  {v:.6g}")
+    print()
+    for line in _plot(schedule, start, end, args.width, args.height, _charset(sys.stdout)):
+        print(line)
+    if args.png:
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _num(x: float) -> str:
+    if x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:g}"
+
+
+def _charset(stream: TextIO) -> tuple[str, str, str, str, str]:
+    """Dot, vertical axis, tick, corner and horizontal axis: Unicode when it can be written."""
+    unicode = ("•", "│", "┤", "└", "─")
+    try:
+        "".join(unicode).encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return ("*", "|", "+", "+", "-")
+    return unicode
+
+
+def _plot(
+    schedule: Schedule,
+    start: float,
+    end: float,
+    width: int,
+    height: int,
+    chars: tuple[str, str, str, str, str],
+) -> list[str]:
+    """The schedule drawn on a ``height`` x ``width`` grid of characters, with axes."""
+    dot, vertical, tick, corner, horizontal = chars
+    xs = [start + (end - start) * i / (width - 1) for i in range(width)]
+    ys = [schedule.value_at(x) for x in xs]
+    low, high = min(ys), max(ys)
+    span = high - low if high > low else 1.0
+    grid = [[" "] * width for _ in range(height)]
+    for column, y in enumerate(ys):
+        row = round((y - low) / span * (height - 1)) if high > low else height // 2
+        grid[height - 1 - row][column] = dot
+    labels = {0: f"{high:.4g}", height - 1: f"{low:.4g}"}
+    margin = max(len(s) for s in labels.values())
+    lines = []
+    for r, cells in enumerate(grid):
+        axis = tick if r in labels else vertical
+        lines.append(f"{labels.get(r, '').rjust(margin)} {axis}{''.join(cells).rstrip()}")
+    lines.append(" " * margin + " " + corner + horizontal * width)
+    left, right = _num(start), _num(end)
+    gap = max(1, width - len(left) - len(right) + 1)
+    lines.append(" " * (margin + 1) + left + " " * gap + right + f"  ({'.'.join(schedule.x)})")
+    return lines
+
+
+def _write_png(schedule: Schedule, start: float, end: float, path: str) -> None:
+    from hyperstate import _fs
+
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise _Failure(f"--png needs matplotlib: {_PNG_HINT}") from None
+    samples = 400
+    xs = [start + (end - start) * i / (samples - 1) for i in range(samples)]
+    figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="tight")
+    axes = figure.subplots()
+    axes.plot(xs, [schedule.value_at(x) for x in xs])
+    axes.set_xlabel(".".join(schedule.x))
+    axes.set_title(schedule.text, fontsize=9)
+    axes.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    _fs.write_atomic(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------
+# convert
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from hyperstate.convert import detect_format, export_safetensors, import_checkpoint
+
+    fmt = detect_format(args.src) if args.format == "auto" else args.format
+    if fmt == "hyperstate":
+        target = _target(args.src, args.step, args.prefix)
+        if "state" not in target.files:
+            raise _Failure(f"{target.label} has no state.ron")
+        names = export_safetensors(target.directory, args.dst, select=args.select)
+        n = len(names)
+        print(f"wrote {n} tensor{'s' if n != 1 else ''} from {target.label} to {args.dst}")
+        return 0
+    if args.select:
+        raise _Failure("--select is for exporting a hyperstate checkpoint")
+    if args.as_fields and args.field != "model":
+        raise _Failure("--as-fields and --field exclude each other")
+    info = import_checkpoint(
+        args.src,
+        args.dst,
+        format=fmt,
+        number=args.step if args.step is not None else 0,
+        field=None if args.as_fields else args.field,
+        stateful=args.stateful,
+        config=args.config,
+    )
+    print(f"wrote {info.path} (from {fmt} {args.src})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# set, schema
+
+
+def _cmd_set(args: argparse.Namespace) -> int:
+    from hyperstate.edits import request_edit
+
+    print(f"requested: {request_edit(args.run_dir, args.overrides)}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace, schema: argparse.ArgumentParser) -> int:
     if args.command is None:
         schema.print_help()
         return 0
