@@ -166,6 +166,23 @@ def test_failed_rank_fails_every_rank_and_commits_nothing(tmp_path: Path, mode: 
     assert [i.number for i in store.list()] == [2, 4, 6]
 
 
+def test_hung_rank_times_out(tmp_path: Path) -> None:
+    """A rank stuck in its write makes the others give up after collective_timeout."""
+    run = str(tmp_path / "run")
+    os.environ["HYPERSTATE_TEST_HANG"] = "6"
+    try:
+        ranks = launch(
+            2, f"faulty://{run}", "--steps", "4", "--fault", "1:4:hang", "--timeout", "3"
+        )
+    finally:
+        del os.environ["HYPERSTATE_TEST_HANG"]
+    error = ranks[0].result["error"]
+    assert "lost contact with the other ranks during step 'write blobs'" in error
+    assert "did not arrive within 3 s" in error
+    assert "error" in ranks[1].result  # it finds rank 0 gone when it comes back
+    assert [i.number for i in CheckpointStore(run).list()] == [2]
+
+
 def test_async_saves_and_live_edits_on_every_rank(tmp_path: Path) -> None:
     run = str(tmp_path / "run")
     ok(launch(2, run, "--steps", "2", "--async"))

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,8 @@ class FaultyFileSystem(DirFileSystem):
     """The local disk, except that one chosen write of one chosen rank fails (or kills).
 
     ``HYPERSTATE_TEST_FAULT=RANK:CHECKPOINT:MODE``: when rank RANK writes its blob file of
-    checkpoint CHECKPOINT, raise OSError (MODE ``error``) or SIGKILL itself (``kill``).
+    checkpoint CHECKPOINT, raise OSError (MODE ``error``), SIGKILL itself (``kill``) or
+    hang for ``HYPERSTATE_TEST_HANG`` seconds (``hang``).
     """
 
     protocol = "faulty"
@@ -57,6 +59,9 @@ class FaultyFileSystem(DirFileSystem):
         if f"step-{int(number):012d}" in path and "/blobs/" in path:
             if mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if mode == "hang":
+                time.sleep(float(os.environ.get("HYPERSTATE_TEST_HANG", "10")))
+                return
             raise OSError(28, f"injected fault writing {path}")
 
     def open(self, path: Any, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
@@ -124,6 +129,7 @@ def main() -> None:
     parser.add_argument("--async", dest="async_save", action="store_true")
     parser.add_argument("--per-rank", default="error")
     parser.add_argument("--fault")
+    parser.add_argument("--timeout", type=float, default=20.0)
     args = parser.parse_args()
     if args.fault:
         os.environ["HYPERSTATE_TEST_FAULT"] = args.fault
@@ -143,7 +149,7 @@ def main() -> None:
             policy=CheckpointPolicy(every_steps=args.every),
             async_save=args.async_save,
             per_rank=args.per_rank,
-            collective_timeout=20,
+            collective_timeout=args.timeout,
             edit_check_seconds=0,
         )
         state, config = hs.state, hs.config
