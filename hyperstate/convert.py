@@ -41,9 +41,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from hyperstate import _fs, ron
 from hyperstate.blobs import _ITEMSIZE, BlobReader, BlobRef, BlobWriter
 from hyperstate.errors import HyperstateError
+from hyperstate.manager import blob_file
 from hyperstate.ron import Some, Struct, TupleStruct
 from hyperstate.serde import did_you_mean, encode_plain
-from hyperstate.state import writing_blobs
+from hyperstate.state import _INLINE_DTYPES, writing_blobs
 from hyperstate.storage import COMMITTED, CheckpointInfo, CheckpointStore
 
 if TYPE_CHECKING:
@@ -81,21 +82,8 @@ Format = Literal["hyperstate", "dcp", "torch", "safetensors"]
 Segment = str | int
 """A step into a value tree: a struct field or string map key, or a list index or int key."""
 
-_BLOB_FILE = "blobs/rank-00000.safetensors"
+_BLOB_FILE = blob_file(0)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# 0-d tensors written inline as text; a fixed list, so no name from a file is looked up.
-_INLINE_DTYPES = (
-    "float64",
-    "float32",
-    "float16",
-    "bfloat16",
-    "int64",
-    "int32",
-    "int16",
-    "int8",
-    "uint8",
-    "bool",
-)
 
 
 class ConvertError(HyperstateError):
