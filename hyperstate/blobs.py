@@ -1381,16 +1381,22 @@ _SCAN_DECODER = json.JSONDecoder()
 def _scan_entry(text: bytes, key: str) -> dict[str, Any] | None:
     """The spec of entry ``key`` in a header as :class:`BlobWriter` writes it, or None.
 
-    The writer puts each entry as ``,"<key>":{"dtype":...`` with no spaces. A JSON
-    string cannot hold an unescaped ``"``, so that text outside a key is impossible;
-    it must occur exactly once, as JSON keeps the last of equal keys. None means: parse
-    the header whole (another writer's layout, an odd key, or no such entry).
+    The writer puts each entry as ``,"<key>":{"dtype":...`` with no spaces. The quoted
+    key must occur exactly once in the header, and the header must hold no backslash:
+    JSON keeps the last of equal keys, and ``"\\u0061"`` or ``"a" :`` name the same key
+    as ``"a":``, so only without escapes does the text show every spelling of a key.
+    None means: parse the header whole (another writer's layout, a key with escapes, a
+    duplicate, or no such entry).
     """
-    needle = f',{json.encoder.encode_basestring_ascii(key)}:{{"dtype":'.encode()
-    at = text.find(needle)
-    if at < 0 or text.find(needle, at + 1) >= 0:
+    if b"\\" in text:
         return None
-    start = at + len(needle) - len(b'{"dtype":')
+    quoted = json.encoder.encode_basestring_ascii(key).encode()
+    at = text.find(quoted)
+    if at < 1 or text.find(quoted, at + 1) >= 0 or text[at - 1 : at] != b",":
+        return None
+    if not text.startswith(b':{"dtype":', at + len(quoted)):
+        return None
+    start = at + len(quoted) + 1
     try:
         spec, _ = _SCAN_DECODER.raw_decode(text[start : start + 4096].decode("ascii"))
     except (ValueError, UnicodeDecodeError):

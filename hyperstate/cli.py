@@ -42,7 +42,7 @@ from hyperstate.schema import cli as schema_cli
 if TYPE_CHECKING:
     from hyperstate.blobs import BlobReader
     from hyperstate.schedule import Schedule
-    from hyperstate.storage import CheckpointInfo, Problem
+    from hyperstate.storage import CheckpointInfo
 
 __all__ = ["main"]
 
@@ -678,19 +678,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.all:
         if args.step is not None:
             raise _Failure("--all and --step exclude each other")
-        infos = CheckpointStore(args.ckpt, prefix=args.prefix).list()
-        if not infos:
+        store = CheckpointStore(args.ckpt, prefix=args.prefix)
+        checks = [(store, info) for info in store.list()]
+        if not checks:
             raise _Failure(f"no committed checkpoint in {args.ckpt}")
     else:
         info = _target(args.ckpt, args.step, args.prefix, committed=True).info
         assert info is not None
-        infos = [info]
-    total = sum(e.size for i in infos for e in i.manifest.files.values())
+        # A store on the checkpoint directory itself: a copy may have any name.
+        checks = [(CheckpointStore(info.path), info)]
+    total = sum(e.size for _, i in checks for e in i.manifest.files.values())
     progress = _Progress(total, _isatty(sys.stderr))
     results = []
     try:
-        for info in infos:
-            results.append((info, _verify(info, progress)))
+        for store, info in checks:
+            results.append((info, store.verify(info, progress=progress)))
     finally:
         progress.close()
     bad = any(p.fatal for _, problems in results for p in problems)
@@ -730,25 +732,29 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """A one-line progress report on stderr, drawn only when stderr is a terminal."""
+    """A one-line progress report on stderr, drawn only when stderr is a terminal.
+
+    Called as ``CheckpointStore.verify``'s progress hook: each file's calls end at its
+    size, so what is done is the files finished plus the one being read.
+    """
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.total = total
         self.enabled = enabled
-        self.done = 0
-        self.name = ""
+        self.finished = 0  # bytes of the files checked to the end
         self._last = -math.inf
 
-    def advance(self, nbytes: int, name: str) -> None:
-        self.done += nbytes
-        self.name = name
+    def __call__(self, name: str, done: int, size: int) -> None:
+        so_far = self.finished + done
+        if done == size:
+            self.finished += size
         now = time.monotonic()
-        if self.enabled and (now - self._last >= 0.1 or self.done >= self.total):
+        if self.enabled and (now - self._last >= 0.1 or so_far >= self.total):
             self._last = now
-            share = self.done / self.total if self.total else 1.0
+            share = so_far / self.total if self.total else 1.0
             bar = "#" * int(share * 20)
             sys.stderr.write(
-                f"\r\033[Kverifying [{bar:<20}] {share:4.0%} {_size(self.done)} / "
+                f"\r\033[Kverifying [{bar:<20}] {share:4.0%} {_size(so_far)} / "
                 f"{_size(self.total)} {name}"
             )
             sys.stderr.flush()
@@ -757,54 +763,6 @@ class _Progress:
         if self.enabled and self._last != -math.inf:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
-
-
-def _verify(info: CheckpointInfo, progress: _Progress) -> list[Problem]:
-    """Every file of a checkpoint against its manifest, as ``CheckpointStore.verify`` does,
-    reporting the bytes read to ``progress`` as it goes."""
-    import xxhash
-
-    from hyperstate import _fs
-    from hyperstate.storage import COMMITTED, FileEntry, Problem
-
-    fs, root = _fs.url_to_fs(info.path)
-    root = root.rstrip("/")
-    fs.invalidate_cache(root)
-    try:
-        present = {p[len(root) + 1 :] for p in fs.find(root) if p.startswith(root + "/")}
-    except FileNotFoundError:
-        present = set()
-    problems: list[Problem] = []
-    for name, want in sorted(info.manifest.files.items()):
-        url = _join(info.path, name)
-        if name not in present:
-            problems.append(Problem(name, "missing", f"{url}: missing (listed in COMMITTED)"))
-            continue
-        digest = xxhash.xxh3_64()
-        size = 0
-        with fs.open(f"{root}/{name}", "rb") as f:
-            while chunk := f.read(8 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-                progress.advance(len(chunk), name)
-        have = FileEntry(size, "xxh3-64:" + digest.hexdigest())
-        if size != want.size:
-            progress.advance(want.size - size, name)  # keep the total honest
-        if have == want:
-            continue
-        if name.endswith(".ron"):
-            message = f"{url}: edited since commit ({want.size} -> {have.size} bytes)"
-            problems.append(Problem(name, "edited", message))
-        else:
-            message = (
-                f"{url}: corrupted: expected {want.size} bytes {want.checksum}, "
-                f"found {have.size} bytes {have.checksum}"
-            )
-            problems.append(Problem(name, "corrupted", message))
-    for name in sorted(present - set(info.manifest.files) - {COMMITTED}):
-        message = f"{_join(info.path, name)}: not listed in COMMITTED"
-        problems.append(Problem(name, "unexpected", message))
-    return problems
 
 
 # ---------------------------------------------------------------------------------------

@@ -660,7 +660,9 @@ def _plan_dtensor(sink: _Sink, obj: Any, path: Path, index: int) -> Struct:
     # Ranks that differ only along replicated mesh dimensions hold the same shard: the
     # one at coordinate 0 of those dimensions writes it.
     coordinate = mesh.get_coordinate() or []
-    writes = all(c == 0 for c, p in zip(coordinate, placements, strict=False) if not p.is_shard())
+    writes = local.numel() > 0 and all(  # an empty shard (more ranks than rows) is not written
+        c == 0 for c, p in zip(coordinate, placements, strict=False) if not p.is_shard()
+    )
     fields: dict[str, Any] = {
         "dtype": _dtype_name(local),
         "shape": tuple(int(n) for n in obj.shape),
@@ -858,7 +860,7 @@ def _decode_array(v: Struct, path: Path) -> Any:
     value = _read_entry(v, path, source)
     if source.world_size > 1 and v.name == "Tensor":
         target = _initial_object(path)
-        if type(target).__name__ == "DTensor":
+        if type(target).__name__ == "DTensor" and tuple(target.shape) == tuple(value.shape):
             return _fit_dtensor(target, [((0,) * value.dim(), value)], path)
     return value
 
@@ -895,7 +897,7 @@ def _decode_sharded(v: Struct, path: Path, source: _Source) -> Any:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConfigError([Issue(path, f"malformed sharded tensor {v!r}: {e}")]) from None
     target = _initial_object(path)
-    if type(target).__name__ == "DTensor":
+    if type(target).__name__ == "DTensor" and tuple(target.shape) == shape:
         # Read only the shards that overlap this rank's part of the new layout.
         lo, hi = _local_box(target)
         parts = [
@@ -1066,24 +1068,37 @@ def _initial_object(path: Path) -> Any:
     if source is None or source.initial is None:
         return None
     obj = source.initial
-    for seg in path:
+    owner, start = None, 0  # the innermost stateful object on the path, where it starts
+    for i, seg in enumerate(path):
         if isinstance(seg, str) and hasattr(obj, "__dataclass_fields__"):
             obj = object.__getattribute__(obj, seg) if isinstance(obj, Lazy) else getattr(obj, seg)
-        elif callable(getattr(obj, "state_dict", None)) and not isinstance(obj, dict):
+            continue
+        if callable(getattr(obj, "state_dict", None)) and not isinstance(obj, dict):
             # Inside a stateful object: its state dict holds the targets (e.g. DTensors).
+            owner, start = obj, i
             state_dict = source.state_dicts.get(id(obj))
             if state_dict is None:
                 state_dict = source.state_dicts[id(obj)] = obj.state_dict()
-            try:
-                obj = state_dict[seg]
-            except (KeyError, IndexError, TypeError):
-                return None
-        else:
-            try:
-                obj = obj[seg]
-            except (KeyError, IndexError, TypeError):
-                return None
+            obj = state_dict
+        try:
+            obj = obj[seg]
+        except (KeyError, IndexError, TypeError):
+            return _parameter_of(owner, path[start:]) if owner is not None else None
     return obj
+
+
+def _parameter_of(optimizer: Any, rest: Path) -> Any:
+    """For ``state[i][name]`` of an optimizer that has no state yet: parameter ``i``.
+
+    A fresh optimizer has no moments to load into; their layout (e.g. the shards of an
+    FSDP2 model) is that of their parameter, which the caller uses when shapes match.
+    """
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list) or len(rest) != 3 or rest[0] != "state":
+        return None
+    params = [p for group in groups for p in group.get("params", [])]
+    index = rest[1]
+    return params[index] if isinstance(index, int) and 0 <= index < len(params) else None
 
 
 # ---------------------------------------------------------------------------------------

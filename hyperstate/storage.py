@@ -404,8 +404,8 @@ class CheckpointStore:
             return f"{self.url}/{rest}" if rest else self.url
         return fs_path
 
-    def _entry_of(self, fs_path: str) -> FileEntry:
-        """Size and checksum of a stored file, read in chunks."""
+    def _entry_of(self, fs_path: str, read: Callable[[int], None] | None = None) -> FileEntry:
+        """Size and checksum of a stored file, read in chunks; ``read(bytes so far)``."""
 
         def scan() -> FileEntry:
             h = xxhash.xxh3_64()
@@ -414,6 +414,8 @@ class CheckpointStore:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
                     size += len(chunk)
+                    if read is not None:
+                        read(size)
             return FileEntry(size, "xxh3-64:" + h.hexdigest())
 
         return self._call("read", fs_path, scan)
@@ -590,33 +592,60 @@ class CheckpointStore:
 
     # -- checking -----------------------------------------------------------------
 
-    def verify(self, info: CheckpointInfo | int) -> builtins.list[Problem]:
+    def verify(
+        self,
+        info: CheckpointInfo | int,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> builtins.list[Problem]:
         """Check every file of a committed checkpoint against its ``COMMITTED``.
 
         Returns the problems found (empty when all is well). Text files (``.ron``) that
         differ are reported as ``"edited"`` (hand edits are allowed); other files that
         differ as ``"corrupted"``.
+
+        Args:
+            info: a checkpoint, or its number in this store. The directory checked is
+                the one ``info.path`` names, which must be this store's root or lie
+                under it: a store opened on one checkpoint directory, whatever its
+                name, verifies that checkpoint.
+            progress: called as the files that ``COMMITTED`` lists are checked, in
+                order, as ``progress(name, done, size)``: ``done`` bytes of file
+                ``name`` checked of the ``size`` that ``COMMITTED`` gives it. For each
+                file ``done`` grows and ends at ``size`` exactly once, on the file's
+                last call (a missing file, or one of another size, ends there too), so
+                the calls add up to the manifest's total, as a progress bar needs.
+
+        >>> import tempfile
+        >>> store = CheckpointStore(tempfile.mkdtemp())
+        >>> pending = store.begin(1)
+        >>> _ = pending.write_file("state.ron", b"State(step: 1)")
+        >>> seen = []
+        >>> store.verify(pending.commit(), progress=lambda *call: seen.append(call))
+        []
+        >>> seen
+        [('state.ron', 14, 14)]
         """
         if isinstance(info, int):
             got = self.get(info)
             if got is None:
                 raise StorageError("verify", self.path(info), "checkpoint is not committed")
             info = got
-        d = self._fs_dir(info.number)
+        d = self._dir_of(info)
         problems: builtins.list[Problem] = []
         present = set(self._files(d))
         for name, want in sorted(info.manifest.files.items()):
             url = f"{info.path}/{name}"
-            if name not in present:
+            report = _FileProgress(progress, name, want.size) if progress is not None else None
+            have = self._entry_of(posixpath.join(d, name), report) if name in present else None
+            if report is not None:
+                report(want.size)
+            if have is None:
                 problems.append(Problem(name, "missing", f"{url}: missing (listed in COMMITTED)"))
-                continue
-            have = self._entry_of(posixpath.join(d, name))
-            if have == want:
-                continue
-            if _is_text(name):
+            elif have != want and _is_text(name):
                 msg = f"{url}: edited since commit ({want.size} -> {have.size} bytes)"
                 problems.append(Problem(name, "edited", msg))
-            else:
+            elif have != want:
                 msg = (
                     f"{url}: corrupted: expected {want.size} bytes {want.checksum}, "
                     f"found {have.size} bytes {have.checksum}"
@@ -626,6 +655,15 @@ class CheckpointStore:
             msg = f"{info.path}/{name}: not listed in COMMITTED"
             problems.append(Problem(name, "unexpected", msg))
         return problems
+
+    def _dir_of(self, info: CheckpointInfo) -> str:
+        """The path on this store's filesystem of the directory ``info.path`` names."""
+        if info.path == self.url:
+            return self._root
+        base = self.url.rstrip("/") + "/"
+        if not info.path.startswith(base):
+            raise ValueError(f"checkpoint {info.path} is not under this store ({self.url})")
+        return posixpath.join(self._root, info.path[len(base) :])
 
     def _files(self, fs_dir: str) -> builtins.list[str]:
         """Paths (relative, ``/``-separated) of every file under a directory."""
@@ -640,6 +678,22 @@ class CheckpointStore:
 
         base = fs_dir.rstrip("/") + "/"
         return [p[len(base) :] for p in self._call("list", fs_dir, find) if p.startswith(base)]
+
+
+class _FileProgress:
+    """Passes one file's bytes read to a ``verify`` progress hook: growing, at most its size."""
+
+    def __init__(self, progress: Callable[[str, int, int], None], name: str, size: int) -> None:
+        self.progress = progress
+        self.name = name
+        self.size = size
+        self.done = -1  # so that an empty file is reported once, at 0 of 0
+
+    def __call__(self, nbytes: int) -> None:
+        done = min(nbytes, self.size)
+        if done > self.done:  # a retried read starts again at 0: not reported twice
+            self.done = done
+            self.progress(self.name, done, self.size)
 
 
 def _reason(exc: BaseException) -> str:

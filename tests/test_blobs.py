@@ -745,3 +745,234 @@ def test_numpy_only_use_does_not_import_torch(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------
+# The first lookups: found in the header text, the header parsed whole only after them
+
+
+@pytest.fixture
+def full_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The blob files whose header a reader parsed whole, once per parse."""
+    parses: list[str] = []
+    parse = BlobReader._parse_header
+
+    def counting(self: BlobReader, text: bytes, data_start: int, size: int) -> Any:
+        parses.append(self.file)
+        return parse(self, text, data_start, size)
+
+    monkeypatch.setattr(BlobReader, "_parse_header", counting)
+    return parses
+
+
+def writer_layout(entries: dict[str, tuple[int, int]]) -> bytes:
+    """A header of uint8 entries, spelled as BlobWriter spells one (checked below)."""
+    text = '{"__metadata__":{"format":"pt"}'
+    for key, (begin, end) in entries.items():
+        text += f',{json.dumps(key)}:{{"dtype":"U8","shape":[{end - begin}],'
+        text += f'"data_offsets":[{begin},{end}]}}'
+    return (text + "}").encode()
+
+
+def raw_file(path: Path, text: bytes, data: bytes) -> None:
+    """A blob file with exactly this header text (padded to 8 bytes) and data."""
+    text += b" " * (-len(text) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def u8_ref(key: str, data: bytes) -> BlobRef:
+    return BlobRef(FILE, key, "uint8", (len(data),), checksum=checksum(data))
+
+
+def test_crafted_headers_are_laid_out_as_the_writer_lays_them_out(tmp_path: Path) -> None:
+    u8 = torch.uint8
+    write(tmp_path, {"k0": torch.zeros(2, dtype=u8), "k1": torch.ones(3, dtype=u8)})
+    data = (tmp_path / FILE).read_bytes()
+    text = data[8 : 8 + int.from_bytes(data[:8], "little")].rstrip(b" ")
+    assert text == writer_layout({"k0": (0, 2), "k1": (2, 5)})
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_reads_past_the_first_lookups_return_every_tensor(
+    tmp_path: Path, full_parses: list[str], where: str, request: pytest.FixtureRequest
+) -> None:
+    directory = tmp_path if where == "local" else request.getfixturevalue("remote")
+    names = ["float32", "int64", "bfloat16", "uint8", "bool", "float16", "complex64", "int8"]
+    values: dict[str, Any] = {
+        f"t{i:02d}": random_tensor(names[i % len(names)], (i % 4 + 1, 3), seed=i) for i in range(20)
+    }
+    w = torch.randn(4, 5)
+    values |= {"w": w, "w_t": w.t(), "empty": torch.empty(0, 7), "scalar": torch.tensor(2.5)}
+    values["n"] = np.arange(6, dtype=np.int16).reshape(2, 3)
+    refs = write(directory, values)
+    assert len(refs) == 25
+    reader = BlobReader(directory, FILE)
+    loaded = []
+    for i, ref in enumerate(refs):
+        loaded.append(reader.read(ref))
+        # The first 16 lookups find their entry in the header text; the 17th parses it.
+        assert full_parses == ([] if i < 16 else [FILE]), i
+    for got, (key, value) in zip(loaded, values.items(), strict=True):
+        if isinstance(value, np.ndarray):
+            assert isinstance(got, np.ndarray) and np.array_equal(got, value), key
+        else:
+            assert isinstance(got, torch.Tensor), key
+            assert got.dtype == value.dtype and got.shape == value.shape, key
+            assert torch.equal(bits(got), bits(value)), key
+    w2, w_t2 = loaded[20], loaded[21]
+    assert isinstance(w2, torch.Tensor) and isinstance(w_t2, torch.Tensor)
+    w2[1, 2] = 1e6  # read past the fast lookups, tied views are still tied
+    assert w_t2[2, 1] == 1e6
+    assert reader.read(refs[3]) is loaded[3]
+    # In another order, the entries read first come from the text, the rest from the parse.
+    again = BlobReader(directory, FILE)
+    for ref, value in reversed(list(zip(refs, values.values(), strict=True))):
+        got = again.read(ref)
+        if isinstance(value, torch.Tensor):
+            assert isinstance(got, torch.Tensor) and torch.equal(bits(got), bits(value))
+    assert full_parses == [FILE, FILE]
+
+
+def test_a_header_with_escapes_is_parsed_whole(tmp_path: Path, full_parses: list[str]) -> None:
+    # "\u00e9" and "é" are one key: with a backslash in the header, no count of the text
+    # can tell that a key occurs once, so even the first lookup parses the header.
+    refs = write(tmp_path, {"café": torch.ones(2), "b": torch.arange(3)})
+    reader = BlobReader(tmp_path, FILE)
+    assert torch.equal(reader.read(refs[1]), torch.arange(3))  # type: ignore[arg-type]
+    assert full_parses == [FILE]
+    assert torch.equal(reader.read(refs[0]), torch.ones(2))  # type: ignore[arg-type]
+    assert full_parses == [FILE]
+
+
+@pytest.mark.parametrize("layout", ["as saved", "reformatted"])
+def test_files_from_safetensors_save_file_read_through_the_full_parse(
+    tmp_path: Path, full_parses: list[str], layout: str
+) -> None:
+    from safetensors.torch import save_file
+
+    values = {
+        "z.weight": torch.randn(3, 4),
+        "a.count": torch.arange(5),
+        "m.half": random_tensor("bfloat16", (2, 3)),
+        "m.mask": torch.tensor([True, False, True]),
+        "e": torch.empty(0, 2),
+        "b": random_tensor("uint8", (7,), seed=3),
+    }
+    path = tmp_path / FILE
+    path.parent.mkdir()
+    save_file(values, str(path))
+    table = header_of(path)
+    assert "__metadata__" not in table  # so no ',' comes before the first key
+    if layout == "reformatted":
+        # Another writer's spelling: spaces, newlines, entries in another order.
+        data = path.read_bytes()[8 + int.from_bytes(path.read_bytes()[:8], "little") :]
+        raw_file(path, json.dumps(dict(reversed(table.items())), indent=2).encode(), data)
+        table = header_of(path)
+    refs = {
+        key: BlobRef(
+            FILE,
+            key,
+            str(value.dtype).removeprefix("torch."),
+            tuple(value.shape),
+            checksum=checksum(bits(value).numpy().tobytes()),
+        )
+        for key, value in values.items()
+    }
+    reader = BlobReader(tmp_path, FILE)
+    for key in table:  # in file order: the first key is not laid out as BlobWriter's are
+        got = reader.read(refs[key])
+        assert full_parses == [FILE], key
+        assert isinstance(got, torch.Tensor) and torch.equal(bits(got), bits(values[key])), key
+    assert sorted(reader.keys()) == sorted(values)
+    # Entries may be found in the text in any order; every one reads the same.
+    other = BlobReader(tmp_path, FILE)
+    for key in reversed(table):
+        got = other.read(refs[key])
+        assert isinstance(got, torch.Tensor) and torch.equal(bits(got), bits(values[key])), key
+
+
+# One key, two entries: JSON keeps the last ([2, 4]), and the bytes of the first then
+# belong to no entry. However the duplicate is spelled, a read is refused, never answered
+# with either entry's bytes.
+_FIRST = b'{"dtype":"U8","shape":[2],"data_offsets":[0,2]}'
+_LAST = b'{"dtype":"U8","shape":[2],"data_offsets":[2,4]}'
+_META = b'{"__metadata__":{"format":"pt"},'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _META[:-1] + b',"a":' + _FIRST + b',"a":' + _LAST + b"}",
+        b'{"a":' + _FIRST + b',"a":' + _LAST + b"}",
+        _META + b'"a":' + _FIRST + b',"\\u0061":' + _LAST + b"}",
+        _META + b'"\\u0061":' + _FIRST + b',"a":' + _LAST + b"}",
+        _META + b'"a":' + _FIRST + b',"a" :' + _LAST + b"}",
+        _META + b'"a":' + _FIRST + b',"a": ' + _LAST + b"}",
+    ],
+    ids=[
+        "both as the writer spells them",
+        "the first right after the brace",
+        "the last escaped",
+        "the first escaped",
+        "a space before the colon",
+        "a space after the colon",
+    ],
+)
+def test_a_duplicated_key_is_refused_at_the_first_read(
+    tmp_path: Path, full_parses: list[str], text: bytes
+) -> None:
+    assert json.loads(text)["a"]["data_offsets"] == [2, 4]
+    raw_file(tmp_path / FILE, text, b"\x01\x01\x02\x02")
+    for data in (b"\x01\x01", b"\x02\x02"):
+        with pytest.raises(BlobError, match="2 unused bytes before 'a'") as info:
+            BlobReader(tmp_path, FILE).read(u8_ref("a", data))
+        assert info.value.file == FILE
+    assert full_parses == [FILE, FILE]
+
+
+@pytest.mark.parametrize(
+    ("bad", "size", "message"),
+    [
+        ({"x": (40, 44), "y": (42, 46)}, 46, "expected entries not to overlap, found 'x' and 'y'"),
+        ({"x": (40, 42), "y": (43, 45)}, 45, "found 1 unused bytes before 'y'"),
+        ({"x": (40, 42), "y": (42, 1042)}, 42, "ending at byte"),
+    ],
+    ids=["overlap", "gap", "past the end"],
+)
+def test_a_header_bad_elsewhere_fails_at_keys_or_after_the_first_lookups(
+    tmp_path: Path,
+    full_parses: list[str],
+    bad: dict[str, tuple[int, int]],
+    size: int,
+    message: str,
+) -> None:
+    good = {f"k{i:02d}": (2 * i, 2 * i + 2) for i in range(20)}
+    data = b"".join(bytes([i, i]) for i in range(20)) + bytes(range(size - 40))
+    raw_file(tmp_path / FILE, writer_layout(good | bad), data)
+    refs = [u8_ref(key, bytes([i, i])) for i, key in enumerate(good)]
+    # Listing the entries, or the metadata, checks the whole header.
+    with pytest.raises(BlobError, match=message):
+        BlobReader(tmp_path, FILE).keys()
+    with pytest.raises(BlobError, match=message):
+        BlobReader(tmp_path, FILE).metadata()
+    # Reads of sound entries: the first 16 look only at their own entry...
+    reader = BlobReader(tmp_path, FILE)
+    for i, ref in enumerate(refs[:16]):
+        got = reader.read(ref)
+        assert isinstance(got, torch.Tensor) and got.tolist() == [i, i]
+    assert full_parses == [FILE, FILE]
+    # ...the 17th parses the header, and from then on every lookup fails, old or new.
+    for ref in (refs[16], refs[0], refs[19]):
+        with pytest.raises(BlobError, match=message) as info:
+            reader.read(ref)
+        assert info.value.file == FILE
+    # An entry reaching past the end of the file is refused even on the fast path.
+    if message == "ending at byte":
+        parsed, fresh = len(full_parses), BlobReader(tmp_path, FILE)
+        x = fresh.read(u8_ref("x", bytes([0, 1])))
+        assert isinstance(x, torch.Tensor) and x.tolist() == [0, 1]
+        with pytest.raises(BlobError, match="ending at byte") as info:
+            fresh.read(u8_ref("y", bytes(1000)))
+        assert info.value.key == "y"
+        assert len(full_parses) == parsed  # both lookups looked at their own entry only

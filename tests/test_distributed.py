@@ -25,6 +25,7 @@ from hyperstate.edits import request_edit
 from hyperstate.storage import CheckpointStore
 
 ROOT = Path(__file__).resolve().parent.parent
+FSDP_JOB = Path(__file__).resolve().parent / "dist_jobs" / "fsdp_job.py"
 
 
 def ok(ranks: list[Rank]) -> list[dict[str, Any]]:
@@ -74,6 +75,23 @@ def test_world_size_changes(tmp_path: Path, reference: dict[str, Any]) -> None:
     assert previous["table"] == reference["table"]
     assert previous["weight"] == pytest.approx(reference["weight"], abs=1e-5)
     assert previous["bias"] == pytest.approx(reference["bias"], abs=1e-5)
+
+
+def test_fsdp2_model_and_optimizer_reshard(tmp_path: Path) -> None:
+    """fully_shard parameters and Adam moments (DTensors) saved by 2 ranks, resumed by 4."""
+    run = str(tmp_path / "run")
+    saved = ok(launch(2, run, "steps=2", script=FSDP_JOB))[0]["final"]
+    results = ok(launch(4, run, "steps=4", script=FSDP_JOB))
+    for r in results:
+        assert r["resumed_from"] == 2
+        assert r["restored"] == saved  # resharded exactly
+        assert r["final"] == results[0]["final"] != saved  # and Adam steps on them
+    info = CheckpointStore(run).latest()
+    assert info is not None and info.number == 4
+    state = ron.loads((Path(info.path) / "state.ron").read_text())
+    moments = state.fields["optimizer"].fields["state"]["state"][0]["exp_avg"]
+    # The (5, 6) weight's moments, sharded by rows over 4 ranks as FSDP2 lays them out.
+    assert [s.fields["at"] for s in moments.fields["shards"]] == [(0, 0), (2, 0), (4, 0)]
 
 
 def test_replicated_tensors_written_once_spread_over_ranks(tmp_path: Path) -> None:
