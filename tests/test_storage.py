@@ -276,6 +276,22 @@ def test_verify_reports_missing_and_unexpected(store: CheckpointStore) -> None:
         store.verify(99)
 
 
+def test_verify_progress_adds_up_to_the_manifest(store: CheckpointStore) -> None:
+    save(store, 1)
+    info = store.latest()
+    assert info is not None
+    fs, path = _fs.url_to_fs(f"{info.path}/config.ron")
+    fs.rm(path)  # a missing file still finishes its progress
+    calls: list[tuple[str, int, int]] = []
+    store.verify(info, progress=lambda name, done, size: calls.append((name, done, size)))
+    files = info.manifest.files
+    assert [c[0] for c in calls if c[1] == c[2]] == sorted(files)  # each ends once, in order
+    for name, entry in files.items():
+        done = [d for n, d, size in calls if n == name]
+        assert done == sorted(done) and done[-1] == entry.size
+        assert {size for n, _, size in calls if n == name} == {entry.size}
+
+
 def test_retention_keep_last_and_every(store: CheckpointStore) -> None:
     for number in range(10, 101, 10):
         save(store, number, size=64)
