@@ -69,12 +69,18 @@ class FaultyFileSystem(DirFileSystem):
             self._fault(str(path))
         return super().open(path, mode, *args, **kwargs)
 
+    def cat_file(self, path: Any, start: Any = None, end: Any = None, **kwargs: Any) -> Any:
+        if "/blobs/" in str(path):
+            READS.append((str(path).rsplit("/", 1)[1], start, end))
+        return super().cat_file(path, start=start, end=end, **kwargs)
+
     def pipe_file(self, path: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
         self._fault(str(path))
         return super().pipe_file(path, value, *args, **kwargs)
 
 
 fsspec.register_implementation("faulty", FaultyFileSystem, clobber=True)
+READS: list[tuple[str, int | None, int | None]] = []  # (blob file, start, end) read
 
 
 @dataclass
@@ -155,6 +161,7 @@ def main() -> None:
         state, config = hs.state, hs.config
         result["resumed_from"] = hs.resumed_from.number if hs.resumed_from else None
         result["restored"] = snapshot(state)
+        result["reads"] = list(READS)
         result["rng"] = torch.randint(0, 1 << 30, (1,), generator=state.rng).item()
         model, optimizer = state.model, state.optimizer
         while state.step < config.steps:
