@@ -82,6 +82,8 @@ class Coordinator(Protocol):
 
     def assign(self, items: Sequence[Planned]) -> list[int]: ...
 
+    def close(self) -> None: ...
+
 
 #: Makes the coordinator of each new manager from a collective timeout in seconds (None:
 #: the default). :mod:`hyperstate.distributed` installs it when ``hyperstate`` is imported.
@@ -487,6 +489,7 @@ class StateManager(Generic[C, S]):
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            self.ranks.close()
 
     def __enter__(self) -> StateManager[C, S]:
         return self

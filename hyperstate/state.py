@@ -949,11 +949,25 @@ def _fit_dtensor(target: Any, parts: list[tuple[tuple[int, ...], Any]], path: Pa
     from torch.distributed.tensor import DTensor
 
     lo, hi = _local_box(target)
-    local = torch.empty(
-        tuple(h - low for low, h in zip(lo, hi, strict=True)),
-        dtype=target.dtype,
-        device=target.to_local().device,
-    )
+    shape = tuple(h - low for low, h in zip(lo, hi, strict=True))
+    device = target.to_local().device
+    exact = [
+        part
+        for at, part in parts
+        if at == lo and tuple(part.shape) == shape and part.dtype == target.dtype
+    ]
+    if exact and exact[0].device == device:
+        # The usual resume (same layout): the shard read is this rank's part, no copy.
+        local = exact[0]
+        return DTensor.from_local(
+            local,
+            target.device_mesh,
+            target.placements,
+            run_check=False,
+            shape=target.shape,
+            stride=target.stride(),
+        )
+    local = torch.empty(shape, dtype=target.dtype, device=device)
     filled = 0
     for at, part in parts:
         if part.dim() != len(lo):

@@ -121,9 +121,11 @@ def test_fsdp2_model_and_optimizer_reshard(tmp_path: Path) -> None:
     assert [s.fields["at"] for s in moments.fields["shards"]] == [(0, 0), (2, 0), (4, 0)]
 
 
-def test_replicated_tensors_written_once_spread_over_ranks(tmp_path: Path) -> None:
+def test_two_rank_checkpoint_layout(tmp_path: Path) -> None:
+    """Replicated tensors once, spread over the ranks; shards with offsets; per-rank
+    values for each rank; and the whole is loadable in one process without a group."""
     run = tmp_path / "run"
-    ok(launch(2, str(run), "--steps", "2"))
+    final = ok(launch(2, str(run), "--steps", "2"))[0]["final"]
     info = CheckpointStore(str(run)).latest()
     assert info is not None
     tree = ron.loads((Path(info.path) / "state.ron").read_text())
@@ -160,15 +162,8 @@ def test_replicated_tensors_written_once_spread_over_ranks(tmp_path: Path) -> No
     assert [s.fields["at"] for s in shards] == [(0, 0), (5, 0)]
     assert len(tree.fields["rng"].fields["ranks"]) == 2
 
-
-def test_sharded_checkpoint_loads_whole_without_process_group(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    final = ok(launch(2, str(run), "--steps", "2"))[0]["final"]
-    info = CheckpointStore(str(run)).latest()
-    assert info is not None
-
     tables = hyperstate.load(Tables, f"{info.path}/state.ron", ignore_extra_fields=True)
-    assert tables.table.flatten().tolist() == final["table"]
+    assert tables.table.flatten().tolist() == final["table"]  # the shards, assembled
     # Per-rank values saved by 2 ranks cannot be mapped to this world of 1.
     fresh = Rngs(0, torch.Generator())
     with pytest.raises(hyperstate.StateError, match=r"rng is per-rank state saved by 2 rank"):
@@ -205,10 +200,10 @@ def test_failed_rank_fails_every_rank_and_commits_nothing(tmp_path: Path, mode: 
         assert ranks[1].returncode == -9
         error = ranks[0].result["error"]
         assert "lost contact with the other ranks during step 'write blobs'" in error
-    # The next launch resumes from the last committed checkpoint and finishes.
-    resumed = ok(launch(2, run, "--steps", "6"))
-    assert [r["resumed_from"] for r in resumed] == [2, 2]
-    assert [i.number for i in store.list()] == [2, 4, 6]
+        # The next launch resumes from the last committed checkpoint and finishes.
+        resumed = ok(launch(2, run, "--steps", "6"))
+        assert [r["resumed_from"] for r in resumed] == [2, 2]
+        assert [i.number for i in store.list()] == [2, 4, 6]
 
 
 def test_hung_rank_times_out(tmp_path: Path) -> None:

@@ -100,6 +100,15 @@ class Ranks:
         """Whether this is rank 0, which writes the text files and commits."""
         return self.rank == 0
 
+    def close(self) -> None:
+        """Release hyperstate's process groups (collective: every rank calls it)."""
+        if self._groups:
+            import torch.distributed as dist
+
+            for group in self._groups.values():
+                dist.destroy_process_group(group)
+            self._groups.clear()
+
     def assign(self, items: Sequence[Planned]) -> list[int]:
         """Indices of the planned tensors this rank writes (see :func:`plan.assign`)."""
         return assign(items, self.rank, self.world_size)
@@ -170,10 +179,17 @@ class Ranks:
         import torch.distributed as dist
 
         t = torch.tensor([value], dtype=torch.int64)
-        self._call(step, "", lambda: dist.broadcast(t, 0, group=self._groups["foreground"]))
+        group = self._group(False)
+        self._call(step, "", lambda: dist.broadcast(t, 0, group=group))
         return int(t.item())
 
     # -- transport --------------------------------------------------------------------
+
+    def _group(self, background: bool) -> Any:
+        group = self._groups.get("background" if background else "foreground")
+        if group is None:
+            raise HyperstateError("this manager is closed: its process groups are released")
+        return group
 
     def _call(self, step: str, context: str, fn: Callable[[], object]) -> None:
         try:
@@ -192,7 +208,7 @@ class Ranks:
         import torch
         import torch.distributed as dist
 
-        group = self._groups["background" if background else "foreground"]
+        group = self._group(background)
         n = self.world_size
         size = torch.tensor([len(data)], dtype=torch.int64)
         sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(n)]
@@ -210,7 +226,7 @@ class Ranks:
         import torch
         import torch.distributed as dist
 
-        group = self._groups["background" if background else "foreground"]
+        group = self._group(background)
         size = torch.tensor([len(data)], dtype=torch.int64)
         self._call(step, context, lambda: dist.broadcast(size, 0, group=group))
         buf = torch.zeros(int(size.item()), dtype=torch.uint8)
