@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from hyperstate import _fs, ron
 from hyperstate.errors import ConfigError, Issue, PathSegment
-from hyperstate.overrides import apply_overrides_collect
+from hyperstate.overrides import apply_overrides_collect, parse_override
 from hyperstate.ron import Struct
 from hyperstate.scheduled import set_schedules, with_schedule_text
 from hyperstate.schema.types import struct_schema
-from hyperstate.schema.upgrade import upgrade
+from hyperstate.schema.upgrade import needs_upgrade_pass, upgrade
 from hyperstate.serde import from_value, to_value
-from hyperstate.state import reading_blobs, writing_blobs
+from hyperstate.state import deferred_fields, loading_lazily, reading_blobs, writing_blobs
 
 __all__ = ["dump", "dumps", "load", "loads"]
 
@@ -65,6 +65,7 @@ def dump(obj: Any, path: PathLike | None = None, *, elide_defaults: bool = False
         tree = with_schedule_text(obj, to_value(obj, elide_defaults=elide_defaults))
         flush()
     text = ron.dumps(tree)
+    del tree  # the references are in the text now: free them before the bytes are made
     _fs.write_atomic(name, (text + "\n").encode("utf-8"))
     return text
 
@@ -153,7 +154,7 @@ def _load_text(
     per_rank_reinit: bool = False,
 ) -> T:
     """:func:`load` of the ``text`` of file ``name`` (already read, e.g. by another rank)."""
-    tree = ron.loads(text, path=name)
+    tree, deferred = _parse(cls, name, text, overrides)
     context = dict(ctx or {})
     initial = initial_state(context.get("config")) if callable(initial_state) else initial_state
     with reading_blobs(
@@ -166,7 +167,68 @@ def _load_text(
         world_size=world_size,
         per_rank_reinit=per_rank_reinit,
     ):
-        return _build(cls, tree, text, name, overrides, ignore_extra_fields)
+        if not deferred:
+            return _build(cls, tree, text, name, overrides, ignore_extra_fields)
+        around = {field: _parse_on_access(field, d, name) for field, d in deferred.items()}
+        with loading_lazily(around):
+            return _build(cls, tree, text, name, overrides, ignore_extra_fields)
+
+
+def _parse(
+    cls: type[Any], name: str, text: str, overrides: Sequence[str] | None
+) -> tuple[Any, dict[str, ron.Deferred]]:
+    """The value tree of ``text``; for a ``Lazy`` state, its lazy fields still unparsed.
+
+    The text of a field that loads on access (tensors, ``Serializable`` values...) is
+    only skipped over here and parsed when the field is first read, so that opening a
+    state with many tensors does not parse all their references. Where the tree is
+    rewritten before the typed load (an upgrade from an older version, an override
+    into the field), the whole text is parsed.
+    """
+    node = struct_schema(cls)
+    fields = set(deferred_fields(node))
+    if fields:
+        fields.difference_update(f.name for f in node.fields if needs_upgrade_pass(f.type))
+        for override in overrides or ():
+            try:
+                head = parse_override(override).path[0]
+            except ConfigError:
+                return ron.loads(text, path=name), {}  # reported by the typed load
+            fields.discard(head if isinstance(head, str) else "")
+    if not fields:
+        return ron.loads(text, path=name), {}
+    tree, deferred = ron.loads_deferred(text, fields, path=name)
+    if deferred and node.version is not None:
+        found = tree.fields.get("version", 0) if isinstance(tree, Struct) else None
+        if found != node.version or type(found) is not int:
+            return ron.loads(text, path=name), {}  # the upgrade rules may rewrite anything
+    return tree, deferred
+
+
+def _parse_on_access(
+    field: str, deferred: ron.Deferred, file: str
+) -> Callable[[Callable[[], Any]], Any]:
+    """Load a deferred field: parse its text, then decode it with ``file:line:col`` in errors."""
+
+    def unplaced(issue: Issue) -> bool:
+        return issue.location is None and issue.override is None and issue.path[:1] == (field,)
+
+    def around(load: Callable[[], Any]) -> Any:
+        deferred.fill()
+        try:
+            return load()
+        except ConfigError as e:
+            paths = [i.path[1:] for i in e.issues if unplaced(i)]
+            positions = deferred.locate(paths) if paths else {}
+            placed = [
+                dataclasses.replace(i, location="{}:{}:{}".format(file, *positions[i.path[1:]]))
+                if unplaced(i) and i.path[1:] in positions
+                else i
+                for i in e.issues
+            ]
+            raise ConfigError(placed, context=e.context) from None
+
+    return around
 
 
 def _split(path: str) -> tuple[str, str]:

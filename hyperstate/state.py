@@ -52,6 +52,8 @@ __all__ = [
     "Planned",
     "Serializable",
     "StateError",
+    "deferred_fields",
+    "loading_lazily",
     "planning_blobs",
     "reading_blobs",
     "writing_blobs",
@@ -1122,11 +1124,17 @@ def _parameter_of(optimizer: Any, rest: Path) -> Any:
 class _Pending:
     """A blob-backed field that has not been read yet."""
 
-    __slots__ = ("load", "source")
+    __slots__ = ("load", "on_access", "source")
 
-    def __init__(self, load: Callable[[], Any], source: _Source | None) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Any],
+        source: _Source | None,
+        on_access: dict[str, Callable[[Callable[[], Any]], Any]] | None = None,
+    ) -> None:
         self.load = load
         self.source = source
+        self.on_access = on_access
 
     def resolve(self, owner: Any, name: str) -> Any:
         resolving: list[str] = _RESOLVING.setdefault(id(owner), [])
@@ -1137,8 +1145,9 @@ class _Pending:
         if self.source is not None:
             self.source.ctx["state"] = owner
         token = _SOURCE.set(self.source)
+        around = self.on_access.get(name) if self.on_access is not None else None
         try:
-            value = self.load()
+            value = self.load() if around is None else around(self.load)
         finally:
             _SOURCE.reset(token)
             resolving.pop()
@@ -1149,11 +1158,37 @@ class _Pending:
 
 
 _RESOLVING: dict[int, list[str]] = {}
+_ON_ACCESS: contextvars.ContextVar[dict[str, Callable[[Callable[[], Any]], Any]] | None] = (
+    contextvars.ContextVar("hyperstate_on_access", default=None)
+)
 
 
 def lazy_field(load: Callable[[], Any]) -> _Pending:
     """A placeholder that :class:`Lazy` resolves with ``load()`` on first access."""
-    return _Pending(load, _SOURCE.get())
+    return _Pending(load, _SOURCE.get(), _ON_ACCESS.get())
+
+
+@contextlib.contextmanager
+def loading_lazily(around: dict[str, Callable[[Callable[[], Any]], Any]]) -> Iterator[None]:
+    """Within the block, a lazy field named in ``around`` loads as ``around[name](load)``.
+
+    The loader of a state whose text is parsed on access (see
+    :func:`hyperstate.ron.loads_deferred`) uses it to parse a field's text before the
+    field is decoded, and to place the errors of that decoding in the file. It runs
+    before a ``__post_init__`` could read the field, as the placeholders are made.
+    """
+    token = _ON_ACCESS.set(around)
+    try:
+        yield
+    finally:
+        _ON_ACCESS.reset(token)
+
+
+def deferred_fields(node: t.StructType) -> list[str]:
+    """The fields of ``node`` that a :class:`Lazy` state loads on first access."""
+    if not getattr(node.cls, "__hyperstate_lazy__", False):
+        return []
+    return [f.name for f in node.fields if holds_blobs(f.type)]
 
 
 def holds_blobs(node: t.SchemaType) -> bool:

@@ -13,6 +13,7 @@ from torch import nn
 
 import hyperstate
 from hyperstate.blobs import BlobError
+from hyperstate.errors import ConfigError, ParseError
 from hyperstate.state import StateError
 
 
@@ -225,6 +226,66 @@ def test_lazy_fields_load_on_first_access_and_may_read_other_fields(tmp_path: Pa
     loaded = hyperstate.load(LazyState, tmp_path / "state.ron")
     assert loaded.embedding.width == 7  # deserialize read `width` through ctx["state"]
     assert torch.equal(loaded.big, value.big)
+
+
+@dataclass
+class ManyTensors(hyperstate.Lazy):
+    step: int
+    tensors: dict[str, torch.Tensor]
+    extra: list[torch.Tensor] = field(default_factory=list)
+
+
+def test_lazy_field_text_is_parsed_on_first_access(tmp_path: Path) -> None:
+    value = ManyTensors(3, {f"t{i}": torch.full((2,), float(i)) for i in range(5)})
+    hyperstate.dump(value, tmp_path / "state.ron")
+    text = (tmp_path / "state.ron").read_text()
+    # A syntax error inside the text of a lazy field, with its brackets balanced.
+    broken = text.replace("shape: (2,),", "shape: (2,) 7,", 1)
+    (tmp_path / "state.ron").write_text(broken)
+    loaded = hyperstate.load(ManyTensors, tmp_path / "state.ron")
+    assert loaded.step == 3 and loaded.extra == []  # the other fields load
+    line = next(i for i, s in enumerate(broken.splitlines(), 1) if "(2,) 7" in s)
+    with pytest.raises(ParseError) as info:
+        _ = loaded.tensors
+    assert (info.value.line, info.value.col) == (line, broken.splitlines()[line - 1].index("7") + 1)
+    assert "state.ron" in str(info.value)
+    # Unbalanced brackets are found when the file is opened.
+    (tmp_path / "state.ron").write_text(text.replace("shape: (2,),", "shape: (2,,", 1))
+    with pytest.raises(ParseError):
+        hyperstate.load(ManyTensors, tmp_path / "state.ron")
+    (tmp_path / "state.ron").write_text(text)
+    loaded = hyperstate.load(ManyTensors, tmp_path / "state.ron")
+    assert all(torch.equal(loaded.tensors[k], v) for k, v in value.tensors.items())
+
+
+def test_bad_reference_in_a_lazy_field_names_its_place(tmp_path: Path) -> None:
+    hyperstate.dump(ManyTensors(3, {"a": torch.ones(2), "b": torch.ones(2)}), tmp_path / "s.ron")
+    text = (tmp_path / "s.ron").read_text()
+    (tmp_path / "s.ron").write_text(text.replace('"b": Tensor(', '"b": Tonsor(', 1))
+    loaded = hyperstate.load(ManyTensors, tmp_path / "s.ron")
+    with pytest.raises(ConfigError) as info:
+        _ = loaded.tensors
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if '"b": Tensor(' in s)
+    assert f"s.ron:{line}:14" in str(info.value)
+
+
+def test_lazy_state_with_override_into_a_lazy_field(tmp_path: Path) -> None:
+    hyperstate.dump(ManyTensors(3, {"a": torch.ones(2)}), tmp_path / "state.ron")
+    loaded = hyperstate.load(ManyTensors, tmp_path / "state.ron", overrides=["step=4", "extra=[]"])
+    assert loaded.step == 4 and torch.equal(loaded.tensors["a"], torch.ones(2))
+
+
+@dataclass
+class ReadsInPostInit(hyperstate.Lazy):
+    tensors: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        self.total = float(sum(t.sum() for t in self.tensors.values()))
+
+
+def test_lazy_field_read_while_the_state_is_built(tmp_path: Path) -> None:
+    hyperstate.dump(ReadsInPostInit({"a": torch.ones(2), "b": torch.ones(3)}), tmp_path / "s.ron")
+    assert hyperstate.load(ReadsInPostInit, tmp_path / "s.ron").total == 5.0
 
 
 class Chicken(hyperstate.Serializable):

@@ -67,6 +67,11 @@ def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
 
     ``depth`` counts the brackets open around the value, as the parser does.
     """
+    if type(value) is Struct and depth < MAX_DEPTH - 2:
+        text = _record(value, indent)
+        if text is not None:
+            out.append(text)
+            return
     text = _flat(value, depth)
     if text is not None:
         out.append(text)
@@ -115,7 +120,13 @@ def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
             return
         out.append("{\n")
         for key, item in value.items():
-            out.append(f"{inner}{_inline(key, depth)}: ")
+            head = f"{inner}{_string(key) if type(key) is str else _inline(key, depth)}: "
+            # Maps of tensor references are the bulk of a state: one piece per entry.
+            text = _record(item, inner) if type(item) is Struct and depth < MAX_DEPTH - 2 else None
+            if text is not None:
+                out.append(f"{head}{text},\n")
+                continue
+            out.append(head)
             _write(item, out, inner, depth)
             out.append(",\n")
         out.append(indent + "}")
@@ -125,6 +136,39 @@ def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
         out.append(")")
     else:
         raise _unsupported(value)
+
+
+def _record(value: Struct, indent: str) -> str | None:
+    """The text of a struct whose fields are all strings, numbers or tuples of ints.
+
+    Such records (tensor references above all) are most of a large state's text, so
+    they are written in one piece, as :func:`_write` would write them. None for other
+    structs (or an empty one), which take the general path.
+    """
+    fields = value.fields
+    if not fields:
+        return None
+    inner = indent + _INDENT
+    name = value.name
+    parts = ["(\n" if name is None else (_NAMES.get(name) or _name(name)) + "(\n"]
+    for field, item in fields.items():
+        kind = type(item)
+        if kind is str:
+            text = _string(item)
+        elif kind is int:
+            text = _int(item)
+        elif kind is float:
+            text = _float(item)
+        elif kind is tuple and all(type(n) is int for n in item):
+            if len(item) == 1:
+                text = f"({_int(item[0])},)"
+            else:
+                text = "(" + ", ".join(map(_int, item)) + ")"
+        else:
+            return None
+        parts.append(f"{inner}{_NAMES.get(field) or _name(field)}: {text},\n")
+    parts.append(indent + ")")
+    return "".join(parts)
 
 
 def _flat_items(items: list[Value] | tuple[Value, ...], depth: int) -> list[str] | None:
@@ -280,11 +324,20 @@ def _escape(m: re.Match[str]) -> str:
     return _ESCAPES.get(char) or f"\\u{{{ord(char):X}}}"
 
 
+# Names seen before and written bare, keyed by themselves: field and struct names
+# repeat a lot, and a dict lookup is cheaper than the regex. Bounded, as names come
+# from the data.
+_NAMES: dict[str, str] = {}
+_MAX_NAMES = 4096
+
+
 def _name(name: str) -> str:
     """A struct or variant name, raw (``r#name``) where a bare one would not read back."""
     if not isinstance(name, str):
         raise TypeError(f"a RON name must be a str, not {type(name).__name__}")
     if _plain_name(name) is not None and name not in _KEYWORDS:
+        if type(name) is str and len(_NAMES) < _MAX_NAMES:
+            _NAMES[name] = name
         return name
     if _raw_name(name) is not None:
         return "r#" + name
