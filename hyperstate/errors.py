@@ -59,7 +59,9 @@ def format_path(path: Sequence[PathSegment]) -> str:
     out: list[str] = []
     for seg in path:
         if isinstance(seg, bool) or not isinstance(seg, int | str):
-            out.append(f"[{seg!r}]")
+            # An enum key (a RON unit variant or a Python Enum member) as it is written.
+            name = getattr(seg, "name", None)
+            out.append(f"[{name}]" if isinstance(name, str) else f"[{seg!r}]")
         elif isinstance(seg, int):
             out.append(f"[{seg}]")
         elif seg.isidentifier():

@@ -325,3 +325,14 @@ def test_inherited_fields_resolve_in_the_base_class_module() -> None:
     # `Mode` is not importable from this module: the base's own globals must be used.
     got = hyperstate.loads(Derived, "Derived(mode: SLOW, extra: 2)")
     assert got == Derived(mode=config_base.Mode.SLOW, extra=2)
+
+
+@dataclass
+class PerActivation:
+    gains: Dict[Activation, float] = field(default_factory=dict)
+
+
+def test_error_path_names_an_enum_key_as_written() -> None:
+    with pytest.raises(ConfigError) as info:
+        hyperstate.loads(PerActivation, 'PerActivation(gains: {RELU: "high"})', path="g.ron")
+    assert str(info.value) == 'g.ron:1:29: expected float, found "high" at gains[RELU]'
