@@ -736,11 +736,12 @@ class BlobPlan:
                 item.value = _staged(sink, item.value)
         self._written = sorted(mine)
 
-    def write(self) -> str:
-        """Write this rank's blob file; return the records of what it wrote (RON text).
+    def write(self) -> dict[int, Struct]:
+        """Write this rank's blob file; return the records of what it wrote.
 
-        The records give, for each written item, the fields of its reference (for a shard:
-        its ``Shard(...)`` record); :meth:`fill` puts them into the tree.
+        The records give, for each written item (by index), the fields of its reference
+        (for a shard: its ``Shard(...)`` record). They are in this rank's tree already;
+        :meth:`fill` puts other ranks' records into it.
         """
         records: dict[int, Struct] = {}
         if self._written:
@@ -770,13 +771,11 @@ class BlobPlan:
                 sink.pool.setdefault(buffer.numel(), []).append(buffer)
             sink.buffers.clear()
         self.fill([records])
-        return ron.dumps(records)
+        return records
 
-    def fill(self, records: list[Any]) -> None:
+    def fill(self, records: list[dict[int, Struct]]) -> None:
         """Put written entries' references into the tree (records of one or more ranks)."""
         for rank_records in records:
-            if isinstance(rank_records, str):
-                rank_records = ron.loads(rank_records, path="<blob records>")
             for i, record in rank_records.items():
                 node = self.items[i].node
                 if record.name == "Shard":
@@ -787,15 +786,12 @@ class BlobPlan:
                 else:
                     node.fields.update(record.fields)
 
-    def per_rank_text(self) -> str:
-        """This rank's values of the ``PerRank`` fields (after :meth:`write`), as RON."""
-        return ron.dumps([node.fields["ranks"][0] for node in self._sink.per_rank])
+    def per_rank_values(self) -> list[Any]:
+        """This rank's values of the ``PerRank`` fields (after :meth:`write`)."""
+        return [node.fields["ranks"][0] for node in self._sink.per_rank]
 
-    def set_per_rank(self, texts: list[str]) -> None:
-        """Give the ``PerRank`` fields every rank's value (``texts[r]`` from rank ``r``)."""
-        values = [
-            ron.loads(text, path=f"<per-rank values of rank {r}>") for r, text in enumerate(texts)
-        ]
+    def set_per_rank(self, values: list[list[Any]]) -> None:
+        """Give the ``PerRank`` fields every rank's value (``values[r]`` from rank ``r``)."""
         for j, node in enumerate(self._sink.per_rank):
             node.fields["ranks"] = [v[j] for v in values]
 
