@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -211,10 +212,8 @@ class StateManager(Generic[C, S]):
 
         # Rank 0 picks the checkpoint (or config file) and sends its text to every rank,
         # so that all resume from the same one, with the same config.
-        found = ron.loads(
-            self.ranks.run_on_main("find checkpoint", lambda: self._find(path)).decode(),
-            path="<checkpoint chosen by rank 0>",
-        )
+        # JSON, not RON, on the wire: it escapes a whole state.ron's text in C.
+        found = json.loads(self.ranks.run_on_main("find checkpoint", lambda: self._find(path)))
         if "number" in found:
             manifest = Manifest.loads(found["manifest"], f"{found['path']}/{COMMITTED}")
             source = CheckpointInfo(found["number"], found["path"], manifest)
@@ -251,7 +250,7 @@ class StateManager(Generic[C, S]):
             }
         elif path is not None:
             found = {"name": os.fspath(path), "config": _fs.read_text(os.fspath(path))}
-        return ron.dumps(found).encode()
+        return json.dumps(found).encode()
 
     def _restore(
         self, info: CheckpointInfo, found: dict[str, Any], overrides: list[str]
