@@ -40,18 +40,19 @@ def read_text(path: str | os.PathLike[str]) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` so that readers see either the old file or the whole new one.
+def write_atomic(path: str | os.PathLike[str], data: bytes, *more: bytes) -> None:
+    """Write ``data`` (then ``more``) so that readers see the old file or the whole new one.
 
     On local disk: a temporary file in the same directory, fsync, rename over the
     target, fsync the directory. On object stores a single PUT is already atomic.
+    ``more`` saves the caller a copy of a large ``data`` to append a few bytes.
     """
     fs, fs_path = url_to_fs(path)
     if not is_local(fs):
         parent = fs._parent(fs_path)
         if parent:
             fs.makedirs(parent, exist_ok=True)
-        fs.pipe_file(fs_path, data)
+        fs.pipe_file(fs_path, b"".join((data, *more)) if more else data)
         return
     directory = os.path.dirname(fs_path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -59,6 +60,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            for chunk in more:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, fs_path)

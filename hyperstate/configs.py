@@ -66,7 +66,7 @@ def dump(obj: Any, path: PathLike | None = None, *, elide_defaults: bool = False
         flush()
     text = ron.dumps(tree)
     del tree  # the references are in the text now: free them before the bytes are made
-    _fs.write_atomic(name, (text + "\n").encode("utf-8"))
+    _fs.write_atomic(name, text.encode("utf-8"), b"\n")
     return text
 
 
