@@ -36,7 +36,19 @@ def free_port() -> int:
 
 
 def launch(world: int, *args: str, script: Path = JOB, timeout: float = 120) -> list[Rank]:
-    """Run ``script`` with ``world`` ranks; wait for all; return each rank's outcome."""
+    """Run ``script`` with ``world`` ranks; wait for all; return each rank's outcome.
+
+    The rendezvous port is picked free, then bound by rank 0 a moment later; if another
+    process took it in between (tests run in parallel), the job is started again.
+    """
+    for _ in range(3):
+        ranks = _launch(world, args, script, timeout)
+        if not any("EADDRINUSE" in r.stderr or "ddress already in use" in r.stderr for r in ranks):
+            break
+    return ranks
+
+
+def _launch(world: int, args: tuple[str, ...], script: Path, timeout: float) -> list[Rank]:
     env = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
