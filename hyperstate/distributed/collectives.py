@@ -101,13 +101,12 @@ class Ranks:
         return self.rank == 0
 
     def close(self) -> None:
-        """Release hyperstate's process groups (collective: every rank calls it)."""
-        if self._groups:
-            import torch.distributed as dist
+        """Nothing to release: hyperstate's groups live as long as the process.
 
-            for group in self._groups.values():
-                dist.destroy_process_group(group)
-            self._groups.clear()
+        Destroying gloo groups while a peer may still be tearing its own down can abort
+        the process at exit ("terminate called without an active exception"), so they
+        are left to the job's ``destroy_process_group()`` and process exit.
+        """
 
     def assign(self, items: Sequence[Planned]) -> list[int]:
         """Indices of the planned tensors this rank writes (see :func:`plan.assign`)."""
