@@ -158,6 +158,18 @@ def test_dcp_metadata_cannot_run_code(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_pickle_planted_in_a_hyperstate_checkpoint_is_never_read(tmp_path: Path) -> None:
+    """A checkpoint is told by COMMITTED first: a .metadata pickle in it is ignored."""
+    write_checkpoint({"w": torch.ones(2)}, tmp_path / "run", number=1)
+    ckpt = tmp_path / "run" / "step-000000000001"
+    marker = tmp_path / "pwned"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(Boom(str(marker))))
+    assert detect_format(str(ckpt)) == "hyperstate"
+    assert detect_format(str(tmp_path / "run")) == "hyperstate"
+    assert export_safetensors(ckpt, tmp_path / "out.safetensors") == ["model.w"]
+    assert not marker.exists()
+
+
 def test_export_round_trips_through_safetensors(tmp_path: Path) -> None:
     @dataclass
     class Tied:
