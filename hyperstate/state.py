@@ -343,6 +343,13 @@ class _Sink:
         self.local = 0  # > 0 while encoding a PerRank value
         self.storages: dict[tuple[Any, ...], int] = {}
 
+    def release_staging(self) -> None:
+        """The staging buffers are written: back to the pool, for the next save."""
+        self.staged.clear()
+        for buffer in self.buffers:
+            self.pool.setdefault(buffer.numel(), []).append(buffer)
+        self.buffers.clear()
+
     @property
     def writer(self) -> Any:
         if self._writer is None:  # blobs (and torch) only when a tensor shows up
@@ -468,10 +475,7 @@ class BlobFlush:
         by_key = {ref.key: ref for ref in refs}
         for node in sink.pending:
             node.fields["checksum"] = by_key[node.fields["key"]].checksum
-        sink.staged.clear()  # the staging buffers can be reused now
-        for buffer in sink.buffers:
-            sink.pool.setdefault(buffer.numel(), []).append(buffer)
-        sink.buffers.clear()
+        sink.release_staging()
         return len(by_key)
 
 
@@ -704,19 +708,9 @@ class BlobPlan:
         return self._sink.plan
 
     @property
-    def file(self) -> str:
-        """This rank's blob file, relative to the checkpoint directory."""
-        return self._sink.file
-
-    @property
     def overflow(self) -> bool:
         """Whether some owned tensors were left unstaged because of the staging limit."""
         return self._sink.overflow
-
-    @property
-    def staged_bytes(self) -> int:
-        """Bytes copied to staging buffers."""
-        return self._sink.staged_bytes
 
     def signature(self) -> str:
         """A digest of the plan's structure: equal on every rank, or the plan is invalid."""
@@ -766,10 +760,7 @@ class BlobPlan:
                 item.value = None
             self.file_size = int(writer.written_bytes)
             self.file_checksum = str(writer.file_checksum)
-            sink.staged.clear()  # the staging buffers can be reused now
-            for buffer in sink.buffers:
-                sink.pool.setdefault(buffer.numel(), []).append(buffer)
-            sink.buffers.clear()
+            sink.release_staging()
         self.fill([records])
         return records
 
