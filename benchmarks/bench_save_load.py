@@ -49,7 +49,7 @@ import fsspec
 import torch
 
 import hyperstate
-from hyperstate.blobs import BlobReader, BlobRef, BlobWriter, checksum
+from hyperstate.tensors.safetensors import BlobReader, BlobRef, BlobWriter, checksum
 
 State = dict[str, torch.Tensor]
 GIB = 1 << 30

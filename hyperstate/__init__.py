@@ -10,24 +10,43 @@
 Config(lr=0.1, batch_size=32)
 """
 
-from hyperstate import distributed
+from hyperstate import distributed, typeinfo
 from hyperstate.args import from_args
 from hyperstate.configs import dump, dumps, load, loads
-from hyperstate.distributed import DistributedError
-from hyperstate.errors import ConfigError, HyperstateError, Issue, ParseError
+from hyperstate.distributed import per_rank
+from hyperstate.errors import (
+    BlobError,
+    ConfigError,
+    ConvertError,
+    DistributedError,
+    HyperstateError,
+    Issue,
+    ParseError,
+    ScheduleError,
+    StateError,
+    StorageError,
+)
 from hyperstate.manager import CheckpointPolicy, HyperState, StateManager
-from hyperstate.schedule import ScheduleError
-from hyperstate.schema.cli import schema_evolution_cli
 from hyperstate.schema.versioned import Versioned
-from hyperstate.state import Blob, Lazy, PerRank, Serializable, StateError
-from hyperstate.storage import StorageError
+from hyperstate.tensors import nodes
+from hyperstate.tensors.nodes import Blob, Lazy, Serializable
+from hyperstate.tools.schema_cli import schema_evolution_cli
+
+PerRank = per_rank.PerRank
+
+# The one place where node kinds defined above serde reach the schema tree (see
+# docs/architecture.md): tensors, Serializable, stateful objects, Blob[T], PerRank[T].
+typeinfo.register(nodes.EXTENSION)
+typeinfo.register(per_rank.EXTENSION)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Blob",
+    "BlobError",
     "CheckpointPolicy",
     "ConfigError",
+    "ConvertError",
     "DistributedError",
     "HyperState",
     "HyperstateError",

@@ -14,7 +14,8 @@ from hyperstate import ron
 from hyperstate.configs import load
 from hyperstate.errors import HyperstateError
 from hyperstate.schema.docs import field_docs
-from hyperstate.schema.types import (
+from hyperstate.serde import to_value
+from hyperstate.typeinfo import (
     DictType,
     ListType,
     OptionType,
@@ -23,7 +24,6 @@ from hyperstate.schema.types import (
     format_type,
     struct_schema,
 )
-from hyperstate.serde import to_value
 
 __all__ = ["from_args", "help_text"]
 

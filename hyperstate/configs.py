@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from hyperstate import _fs, ron
-from hyperstate.errors import ConfigError, Issue, PathSegment
-from hyperstate.overrides import apply_overrides_collect, parse_override
+from hyperstate import _fs, ron, scheduled
+from hyperstate.distributed.dtensor import reshard
+from hyperstate.distributed.save import write_beside
+from hyperstate.errors import ConfigError, Issue, ValuePath
+from hyperstate.overrides import apply_overrides_collect
 from hyperstate.ron import Struct
 from hyperstate.scheduled import set_schedules, with_schedule_text
-from hyperstate.schema.types import struct_schema
-from hyperstate.schema.upgrade import needs_upgrade_pass, upgrade
+from hyperstate.schema.upgrade import upgrade
 from hyperstate.serde import from_value, to_value
-from hyperstate.state import deferred_fields, loading_lazily, reading_blobs, writing_blobs
+from hyperstate.storage import blob_file_beside
+from hyperstate.tensors.context import reading_blobs
+from hyperstate.typeinfo import struct_schema
 
 __all__ = ["dump", "dumps", "load", "loads"]
 
@@ -59,14 +62,16 @@ def dump(obj: Any, path: PathLike | None = None, *, elide_defaults: bool = False
     """
     if path is None:
         return dumps(obj, elide_defaults=elide_defaults)
-    name = os.fspath(path)
-    directory, filename = _split(name)
-    with writing_blobs(directory, _blob_file(filename)) as flush:
-        tree = with_schedule_text(obj, to_value(obj, elide_defaults=elide_defaults))
-        flush()
+    url = os.fspath(path)
+    directory, filename = _fs.split_url(url)
+    tree = write_beside(
+        directory,
+        blob_file_beside(filename),
+        lambda: with_schedule_text(obj, to_value(obj, elide_defaults=elide_defaults)),
+    )
     text = ron.dumps(tree)
     del tree  # the references are in the text now: free them before the bytes are made
-    _fs.write_atomic(name, text.encode("utf-8"), b"\n")
+    _fs.write_atomic(url, text.encode("utf-8"), b"\n")
     return text
 
 
@@ -124,11 +129,11 @@ def load(
     """
     if path is None:
         return _build(cls, Struct(None, {}), None, "<defaults>", overrides, ignore_extra_fields)
-    name = os.fspath(path)
-    return _load_text(
+    url = os.fspath(path)
+    return load_text(
         cls,
-        name,
-        _fs.read_text(name),
+        url,
+        _fs.read_text(url),
         overrides,
         ignore_extra_fields=ignore_extra_fields,
         ctx=ctx,
@@ -138,9 +143,9 @@ def load(
     )
 
 
-def _load_text(
+def load_text(
     cls: type[T],
-    name: str,
+    url: str,
     text: str,
     overrides: Sequence[str] | None = None,
     *,
@@ -153,12 +158,17 @@ def _load_text(
     world_size: int = 1,
     per_rank_reinit: bool = False,
 ) -> T:
-    """:func:`load` of the ``text`` of file ``name`` (already read, e.g. by another rank)."""
-    tree, deferred = _parse(cls, name, text, overrides)
+    """:func:`load` of the ``text`` of the file at ``url`` (already read, e.g. by rank 0).
+
+    ``rank`` and ``world_size`` pick each rank's ``PerRank`` values (see
+    :class:`~hyperstate.PerRank`); tensors restored into a ``DTensor`` of
+    ``initial_state`` are laid out like it.
+    """
+    tree = ron.loads(text, path=url)
     context = dict(ctx or {})
     initial = initial_state(context.get("config")) if callable(initial_state) else initial_state
     with reading_blobs(
-        _split(name)[0],
+        _fs.split_url(url)[0],
         ctx=context,
         initial=initial,
         map_location=map_location,
@@ -166,84 +176,9 @@ def _load_text(
         rank=rank,
         world_size=world_size,
         per_rank_reinit=per_rank_reinit,
+        reshard=reshard,
     ):
-        if not deferred:
-            return _build(cls, tree, text, name, overrides, ignore_extra_fields)
-        around = {field: _parse_on_access(field, d, name) for field, d in deferred.items()}
-        with loading_lazily(around):
-            return _build(cls, tree, text, name, overrides, ignore_extra_fields)
-
-
-def _parse(
-    cls: type[Any], name: str, text: str, overrides: Sequence[str] | None
-) -> tuple[Any, dict[str, ron.Deferred]]:
-    """The value tree of ``text``; for a ``Lazy`` state, its lazy fields still unparsed.
-
-    The text of a field that loads on access (tensors, ``Serializable`` values...) is
-    only skipped over here and parsed when the field is first read, so that opening a
-    state with many tensors does not parse all their references. Where the tree is
-    rewritten before the typed load (an upgrade from an older version, an override
-    into the field), the whole text is parsed.
-    """
-    node = struct_schema(cls)
-    fields = set(deferred_fields(node))
-    if fields:
-        fields.difference_update(f.name for f in node.fields if needs_upgrade_pass(f.type))
-        for override in overrides or ():
-            try:
-                head = parse_override(override).path[0]
-            except ConfigError:
-                return ron.loads(text, path=name), {}  # reported by the typed load
-            fields.discard(head if isinstance(head, str) else "")
-    if not fields:
-        return ron.loads(text, path=name), {}
-    tree, deferred = ron.loads_deferred(text, fields, path=name)
-    if deferred and node.version is not None:
-        found = tree.fields.get("version", 0) if isinstance(tree, Struct) else None
-        if found != node.version or type(found) is not int:
-            return ron.loads(text, path=name), {}  # the upgrade rules may rewrite anything
-    return tree, deferred
-
-
-def _parse_on_access(
-    field: str, deferred: ron.Deferred, file: str
-) -> Callable[[Callable[[], Any]], Any]:
-    """Load a deferred field: parse its text, then decode it with ``file:line:col`` in errors."""
-
-    def unplaced(issue: Issue) -> bool:
-        return issue.location is None and issue.override is None and issue.path[:1] == (field,)
-
-    def around(load: Callable[[], Any]) -> Any:
-        deferred.fill()
-        try:
-            return load()
-        except ConfigError as e:
-            paths = [i.path[1:] for i in e.issues if unplaced(i)]
-            positions = deferred.locate(paths) if paths else {}
-            placed = [
-                dataclasses.replace(i, location="{}:{}:{}".format(file, *positions[i.path[1:]]))
-                if unplaced(i) and i.path[1:] in positions
-                else i
-                for i in e.issues
-            ]
-            raise ConfigError(placed, context=e.context) from None
-
-    return around
-
-
-def _split(path: str) -> tuple[str, str]:
-    """(directory, file name) of a local path or URL."""
-    if "://" in path:
-        directory, _, filename = path.rpartition("/")
-        return directory, filename
-    absolute = os.path.abspath(path)
-    return os.path.dirname(absolute), os.path.basename(absolute)
-
-
-def _blob_file(filename: str) -> str:
-    stem = filename.rsplit(".", 1)[0]
-    prefix = "" if stem == "state" else f"{stem}-"
-    return f"blobs/{prefix}rank-00000.safetensors"
+        return _build(cls, tree, text, url, overrides, ignore_extra_fields)
 
 
 def _build(
@@ -261,13 +196,23 @@ def _build(
             tree = upgrade(node, tree)
         except ConfigError as e:
             raise ConfigError(_place(list(e.issues), text, file, {}), context=e.context) from None
-    applied: dict[tuple[PathSegment, ...], str] = {}
+    applied: dict[ValuePath, str] = {}
     bad_overrides: list[Issue] = []
     if overrides:
         # Bad overrides are skipped so that the typed load can report its own problems
         # too: the user sees everything wrong with one command line at once.
-        tree, applied, bad_overrides = apply_overrides_collect(node, tree, overrides)
-    result = from_value(node, tree, ignore_extra_fields=ignore_extra_fields, collect=True)
+        tree, applied, bad_overrides = apply_overrides_collect(
+            node, tree, overrides, schedules=scheduled.parse
+        )
+    result = from_value(
+        node,
+        tree,
+        ignore_extra_fields=ignore_extra_fields,
+        collect=True,
+        schedules=scheduled.parse,
+        # A Lazy field decoded later, on first access, places its issues in the file too.
+        place=lambda issues: _place(issues, text, file, applied),
+    )
     if result.issues or bad_overrides:
         raise ConfigError(bad_overrides + _place(result.issues, text, file, applied))
     value: T = result.value
@@ -280,7 +225,7 @@ def _place(
     issues: list[Issue],
     text: str | None,
     file: str,
-    applied: dict[tuple[PathSegment, ...], str],
+    applied: dict[ValuePath, str],
 ) -> list[Issue]:
     """Attach to each issue the override that set its value, or its place in the file."""
     positions: dict[Any, tuple[int, int]] = {}
@@ -298,9 +243,7 @@ def _place(
     return placed
 
 
-def _override_of(
-    path: tuple[PathSegment, ...], applied: dict[tuple[PathSegment, ...], str]
-) -> str | None:
+def _override_of(path: ValuePath, applied: dict[ValuePath, str]) -> str | None:
     for i in range(len(path), -1, -1):
         override = applied.get(path[:i])
         if override is not None:

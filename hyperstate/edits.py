@@ -17,16 +17,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hyperstate import _fs, ron
+from hyperstate import _fs, ron, scheduled
 from hyperstate.errors import ConfigError, HyperstateError
 from hyperstate.overrides import apply_overrides
 from hyperstate.scheduled import schedules, set_schedules, with_schedule_text
-from hyperstate.schema.types import struct_schema
 from hyperstate.serde import from_value, to_value
+from hyperstate.storage import EDITS_DIR as _EDITS_DIR
+from hyperstate.typeinfo import struct_schema
 
 __all__ = ["EDITS_DIR", "apply_edit_requests", "request_edit"]
 
-EDITS_DIR = "edits"
+EDITS_DIR = _EDITS_DIR  # where requests wait: see hyperstate.storage.EDITS_DIR
 log = logging.getLogger("hyperstate")
 
 
@@ -92,8 +93,8 @@ def apply_edit(config: Any, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
     """
     node = struct_schema(type(config))
     tree = with_schedule_text(config, to_value(config))
-    tree, _ = apply_overrides(node, tree, overrides)
-    result = from_value(node, tree, collect=True)
+    tree, _ = apply_overrides(node, tree, overrides, schedules=scheduled.parse)
+    result = from_value(node, tree, collect=True, schedules=scheduled.parse)
     if result.issues:
         raise ConfigError(result.issues)
     new = result.value

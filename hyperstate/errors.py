@@ -11,15 +11,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "BlobError",
     "ConfigError",
+    "ConvertError",
+    "DistributedError",
     "HyperstateError",
     "Issue",
     "ParseError",
+    "ScheduleError",
+    "StateError",
+    "StorageError",
     "format_path",
 ]
 
 PathSegment = str | int | object
 """A step into a value: a field name, a list index, or a map key."""
+
+ValuePath = tuple[PathSegment, ...]
+"""Where a value is inside a config or state: ``("optimizer", "betas", 1)``."""
 
 
 class HyperstateError(Exception):
@@ -54,10 +63,16 @@ class ParseError(HyperstateError, ValueError):
         return (type(self), (self.msg, self.path, self.line, self.col, self.source_line))
 
 
-def format_path(path: Sequence[PathSegment]) -> str:
-    """Render a value path as users write it: ``optimizer.betas[1]``, ``tags["a.b"]``."""
+def format_path(where: Sequence[PathSegment]) -> str:
+    """Render a value path as users write it: ``optimizer.betas[1]``, ``tags["a.b"]``.
+
+    >>> format_path(("optimizer", "betas", 1))
+    'optimizer.betas[1]'
+    >>> format_path(("tags", "a.b"))
+    'tags["a.b"]'
+    """
     out: list[str] = []
-    for seg in path:
+    for seg in where:
         if isinstance(seg, bool) or not isinstance(seg, int | str):
             # An enum key (a RON unit variant or a Python Enum member) as it is written.
             name = getattr(seg, "name", None)
@@ -126,3 +141,122 @@ class ConfigError(HyperstateError, ValueError):
 
     def __reduce__(self) -> tuple[type[ConfigError], tuple[tuple[Issue, ...], str | None]]:
         return (type(self), (self.issues, self.context))
+
+
+class StateError(HyperstateError):
+    """A state cannot be saved or restored (e.g. a stateful field with no object to load into)."""
+
+
+class StorageError(HyperstateError):
+    """A storage operation failed: which operation, on which file, and why.
+
+    Attributes:
+        operation: what was being done (``"write"``, ``"commit"``, ``"read manifest"``...).
+        url: the file or directory, as a URL or local path.
+        reason: what went wrong.
+    """
+
+    def __init__(self, operation: str, url: str, reason: str) -> None:
+        self.operation = operation
+        self.url = url
+        self.reason = reason
+        super().__init__(str(self))
+
+    @property
+    def path(self) -> str:
+        """The name earlier releases used for :attr:`url`."""
+        return self.url
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.url}: {self.reason}"
+
+    def __reduce__(self) -> tuple[type[StorageError], tuple[str, str, str]]:
+        return (type(self), (self.operation, self.url, self.reason))
+
+
+class BlobError(HyperstateError):
+    """A blob file or a reference to one that cannot be written or read as it is.
+
+    Attributes:
+        msg: what was expected and what was found.
+        file: the blob file (as the checkpoint names it), when known.
+        key: the entry in that file, when known.
+    """
+
+    def __init__(self, msg: str, file: str | None = None, key: str | None = None) -> None:
+        self.msg = msg
+        self.file = file
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or ""
+        if self.key is not None:
+            where = f"{where} entry {self.key!r}".strip()
+        return f"{where}: {self.msg}" if where else self.msg
+
+    def __reduce__(self) -> tuple[type[BlobError], tuple[str, str | None, str | None]]:
+        return (type(self), (self.msg, self.file, self.key))
+
+
+class ScheduleError(HyperstateError, ValueError):
+    """A schedule string that does not parse.
+
+    Attributes:
+        msg: what was expected and what was found.
+        text: the whole schedule string.
+        col: 1-based column of the offending token in ``text``.
+    """
+
+    def __init__(self, msg: str, text: str, col: int) -> None:
+        self.msg = msg
+        self.text = text
+        self.col = col
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        shown = self.text.translate(_ONE_COLUMN)
+        caret = " " * (self.col - 1) + "^"
+        return f"{_quote_schedule(self.text)}: 1:{self.col}: {self.msg}\n    {shown}\n    {caret}"
+
+    def __reduce__(self) -> tuple[type[ScheduleError], tuple[str, str, int]]:
+        return (type(self), (self.msg, self.text, self.col))
+
+
+# Control characters shown as one space under the header, so the caret lines up.
+_ONE_COLUMN = {c: " " for c in range(32)}
+_QUOTE_ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\t"): "\\t"}
+
+
+def _quote_schedule(text: str) -> str:
+    return 'schedule "' + text.translate(_QUOTE_ESCAPES) + '"'
+
+
+class DistributedError(HyperstateError):
+    """A step failed on some rank(s); raised on every rank.
+
+    Attributes:
+        step: the name of the step.
+        failures: the error message of each failed rank, by rank.
+        context: what the step was part of (e.g. ``checkpoint <url>``).
+    """
+
+    def __init__(self, step: str, failures: dict[int, str], context: str = "") -> None:
+        self.step = step
+        self.failures = dict(failures)
+        self.context = context
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.context}: " if self.context else ""
+        if not self.failures:
+            return f"{where}step {self.step!r} failed"
+        parts = [f"rank {r} failed at step {self.step!r}: {m}" for r, m in self.failures.items()]
+        return where + "; ".join(parts)
+
+    def __reduce__(self) -> tuple[type[DistributedError], tuple[str, dict[int, str], str]]:
+        return (type(self), (self.step, self.failures, self.context))
+
+
+class ConvertError(HyperstateError):
+    """A file that cannot be imported or exported as asked, or a field path not found."""

@@ -20,75 +20,39 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-from hyperstate import _fs, ron
-from hyperstate.configs import _load_text, dumps, load, loads
+from hyperstate import ron
+from hyperstate.configs import dumps, load, load_text, loads
+from hyperstate.distributed.collectives import Ranks
+from hyperstate.distributed.restore import find
+from hyperstate.distributed.save import CheckpointSave
 from hyperstate.edits import apply_edit, apply_edit_requests
 from hyperstate.errors import ConfigError, HyperstateError, Issue
 from hyperstate.scheduled import check_schedule_fields, update_schedules
-from hyperstate.serde import plain, to_value
-from hyperstate.state import BlobPlan, Planned, planning_blobs
+from hyperstate.serde import to_value
 from hyperstate.storage import (
-    COMMITTED,
+    CONFIG_FILE,
+    STATE_FILE,
     CheckpointInfo,
     CheckpointStore,
-    Manifest,
-    PendingCheckpoint,
     RetentionPolicy,
+    field_metric,
+    read_metric,
 )
+from hyperstate.tensors.staging import Staging
 
-__all__ = ["COORDINATOR", "CheckpointPolicy", "Coordinator", "HyperState", "StateManager"]
+__all__ = ["CheckpointPolicy", "HyperState", "StateManager"]
 
 C = TypeVar("C")
 S = TypeVar("S")
-
-
-def blob_file(rank: int) -> str:
-    """The blob file of ``rank`` in a checkpoint directory."""
-    return f"blobs/rank-{rank:05d}.safetensors"
-
-
-class Coordinator(Protocol):
-    """How a manager talks to the other ranks of its job (see :mod:`hyperstate.distributed`).
-
-    Steps are named; every rank runs every step; a failure on any rank is raised on all.
-    """
-
-    rank: int
-    world_size: int
-
-    @property
-    def distributed(self) -> bool: ...
-
-    @property
-    def is_main(self) -> bool: ...
-
-    def run(
-        self, step: str, fn: Callable[[], bytes], *, background: bool = ..., context: str = ...
-    ) -> list[bytes]: ...
-
-    def run_on_main(
-        self, step: str, fn: Callable[[], bytes], *, background: bool = ..., context: str = ...
-    ) -> bytes: ...
-
-    def flag(self, step: str, value: int) -> int: ...
-
-    def assign(self, items: Sequence[Planned]) -> list[int]: ...
-
-    def close(self) -> None: ...
-
-
-#: Makes the coordinator of each new manager from a collective timeout in seconds (None:
-#: the default). :mod:`hyperstate.distributed` installs it when ``hyperstate`` is imported.
-COORDINATOR: Callable[[float | None], Coordinator] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,10 +84,21 @@ class CheckpointPolicy:
     def __post_init__(self) -> None:
         if self.keep_best is not None and not self.best_field:
             raise ValueError("CheckpointPolicy.keep_best needs best_field (a state field path)")
-        for name in ("every_steps",):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"CheckpointPolicy.{name} must be a positive int, got {value!r}")
+        steps, seconds = self.every_steps, self.every_seconds
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ValueError(f"CheckpointPolicy.every_steps must be a positive int, got {steps!r}")
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        ):
+            raise ValueError(
+                f"CheckpointPolicy.every_seconds must be a positive number, got {seconds!r}"
+            )
+        _ = self.retention  # the keep_* rules are checked where they are defined
 
     @property
     def retention(self) -> RetentionPolicy:
@@ -197,7 +172,7 @@ class StateManager(Generic[C, S]):
         self.max_staging_bytes = max_staging_bytes
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: Future[CheckpointInfo] | None = None
-        self._staging_pool: dict[int, list[Any]] = {}
+        self._staging = Staging(max_staging_bytes) if async_save else None
         self._metrics: dict[int, float] = {}  # best_field value by checkpoint number
         self.edit_check_seconds = edit_check_seconds
         self._last_edit_check = time.monotonic()
@@ -206,22 +181,22 @@ class StateManager(Generic[C, S]):
         if per_rank not in ("error", "reinit"):
             raise ValueError(f"per_rank must be 'error' or 'reinit', got {per_rank!r}")
         self.per_rank = per_rank
-        assert COORDINATOR is not None, "hyperstate.distributed installs the coordinator"
-        self.ranks = COORDINATOR(collective_timeout)
+        self.ranks = Ranks(collective_timeout)
         overrides = list(overrides or [])
 
         # Rank 0 picks the checkpoint (or config file) and sends its text to every rank,
         # so that all resume from the same one, with the same config.
-        # JSON, not RON, on the wire: it escapes a whole state.ron's text in C.
-        found = json.loads(self.ranks.run_on_main("find checkpoint", lambda: self._find(path)))
-        if "number" in found:
-            manifest = Manifest.loads(found["manifest"], f"{found['path']}/{COMMITTED}")
-            source = CheckpointInfo(found["number"], found["path"], manifest)
-            self.config, self.state = self._restore(source, found, overrides)
+        found = find(self.ranks, self.store, os.fspath(path) if path is not None else None)
+        if found.info is not None:
+            source = found.info
+            config_url = f"{source.path}/{CONFIG_FILE}"
+            assert found.config_text is not None and found.state_text is not None
+            self.config = loads(config_clz, found.config_text, overrides, path=config_url)
+            self.state = self._restore(source, found.state_text)
             self.resumed_from = source
             self._steps = source.number if checkpoint_key is None else 0
-        elif found.get("config") is not None:
-            self.config = loads(config_clz, found["config"], overrides, path=found["name"])
+        elif found.config_text is not None:
+            self.config = loads(config_clz, found.config_text, overrides, path=found.name or "")
             self.state = initial_state(self.config)
         else:
             self.config = load(config_clz, None, overrides)
@@ -231,43 +206,18 @@ class StateManager(Generic[C, S]):
 
     # -- loading --------------------------------------------------------------------------
 
-    def _find(self, path: str | os.PathLike[str] | None) -> bytes:
-        """On rank 0: the checkpoint to resume from and its text files, or the config's."""
-        found: dict[str, Any] = {}
-        source = None
-        if self.store is not None:
-            self.store.cleanup_uncommitted()
-            source = self.store.latest()
-        if source is None and path is not None and _is_checkpoint(os.fspath(path)):
-            source = _checkpoint_at(os.fspath(path))
-        if source is not None:
-            found = {
-                "number": source.number,
-                "path": source.path,
-                "manifest": source.manifest.dumps(),
-                "config": _fs.read_text(f"{source.path}/config.ron"),
-                "state": _fs.read_text(f"{source.path}/state.ron"),
-            }
-        elif path is not None:
-            found = {"name": os.fspath(path), "config": _fs.read_text(os.fspath(path))}
-        return json.dumps(found).encode()
-
-    def _restore(
-        self, info: CheckpointInfo, found: dict[str, Any], overrides: list[str]
-    ) -> tuple[C, S]:
-        config = loads(self.config_clz, found["config"], overrides, path=f"{info.path}/config.ron")
-        ctx = {**self._ctx, "config": config}
-        state = _load_text(
+    def _restore(self, info: CheckpointInfo, state_text: str) -> S:
+        config = self.config
+        return load_text(
             self.state_clz,
-            f"{info.path}/state.ron",
-            found["state"],
-            ctx=ctx,
+            f"{info.path}/{STATE_FILE}",
+            state_text,
+            ctx={**self._ctx, "config": config},
             initial_state=lambda c: self.initial_state(config),
             rank=self.ranks.rank,
             world_size=self.ranks.world_size,
             per_rank_reinit=self.per_rank == "reinit",
         )
-        return config, state
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -294,7 +244,7 @@ class StateManager(Generic[C, S]):
             return False
         flags = 0
         applied: list[list[str]] = []
-        if ranks.is_main:
+        if ranks.is_coordinator:
             now = time.monotonic()
             if edits_on and now - self._last_edit_check >= (self.edit_check_seconds or 0.0):
                 self._last_edit_check = now
@@ -308,8 +258,10 @@ class StateManager(Generic[C, S]):
             return bool(flags & 2)
         flags = ranks.flag("step", flags)
         if flags & 1:
-            text = ranks.run_on_main("live edit", lambda: ron.dumps(applied).encode()).decode()
-            if not ranks.is_main:
+            text = ranks.run_on_coordinator(
+                "live edit", lambda: ron.dumps(applied).encode()
+            ).decode()
+            if not ranks.is_coordinator:
                 for overrides in ron.loads(text, path="<live edits from rank 0>"):
                     apply_edit(self.config, overrides)
                 check_schedule_fields(self.config, self.state)
@@ -339,103 +291,26 @@ class StateManager(Generic[C, S]):
         if self.store is None:
             raise HyperstateError("no checkpoint_dir was given, so there is nowhere to save")
         self.wait()  # at most one save in flight; raises an earlier save's error
-        store, ranks = self.store, self.ranks
-        number = self._number()
-        context = f"checkpoint {store.path(number)}"
-        pending: PendingCheckpoint | None = None
-        plan: BlobPlan | None = None
-        tree: Any = None
-
-        def prepare() -> bytes:
-            nonlocal pending, plan, tree
-            if ranks.is_main:
-                pending = store.begin(number)
-            with planning_blobs(
-                store.path(number),
-                blob_file(ranks.rank),
-                stage=self.async_save,
-                staging_limit=self.max_staging_bytes,
-                staging_pool=self._staging_pool,
-            ) as plan:
-                tree = to_value(self.state)
-            # Only another rank could disagree: one rank skips the digest of 10^4 names.
-            return plan.signature().encode() if ranks.distributed else b""
-
-        try:
-            signatures = ranks.run("prepare", prepare, context=context)
-            if len(set(signatures)) > 1:
-                differ = [r for r, sig in enumerate(signatures) if sig != signatures[0]]
-                raise HyperstateError(
-                    f"{context}: the ranks disagree on the state's tensors: rank(s) "
-                    f"{', '.join(map(str, differ))} encoded other tensors (names, shapes, "
-                    "dtypes or placements) than rank 0; every rank must save the same state "
-                    "structure (declare values that differ per rank as PerRank[...])"
-                )
-            if pending is None:
-                pending = store.join(number)
-            assert plan is not None
-            plan.keep(ranks.assign(plan.items))
-        except BaseException:
-            if ranks.is_main and pending is not None:
-                pending.abort()
-            raise
+        ranks = self.ranks
+        save = CheckpointSave(ranks, self.store, self._number(), staging=self._staging)
+        save.prepare(lambda: to_value(self.state))
         self._last_checkpoint_time = time.monotonic()
-        config_text = dumps(self.config) + "\n" if ranks.is_main else ""
+        texts = {CONFIG_FILE: (dumps(self.config) + "\n").encode()} if ranks.is_coordinator else {}
         if self.async_save:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="hyperstate-save")
-            future = self._executor.submit(self._finish, pending, config_text, tree, plan)
-            self._inflight = future
-            if not plan.overflow:
+            self._inflight = self._executor.submit(self._finish, save, texts)
+            if not save.overflow:
                 return None
             return self.wait()  # past the staging budget: the originals are being read
-        return self._finish(pending, config_text, tree, plan)
+        return self._finish(save, texts)
 
-    def _finish(
-        self, pending: PendingCheckpoint, config_text: str, tree: Any, plan: BlobPlan
-    ) -> CheckpointInfo:
-        ranks = self.ranks
-        background = self.async_save  # async saves talk over their own process group
-        context = f"checkpoint {pending.path}"
-
-        def write() -> bytes:
-            records = plan.write()  # already in this rank's tree
-            written: dict[str, Any] = {
-                "records": {} if ranks.is_main else records,
-                "per_rank": plan.per_rank_values(),
-            }
-            if plan.file_size:
-                written["size"], written["checksum"] = plan.file_size, plan.file_checksum
-            return ron.dumps(written).encode()
-
-        def commit() -> bytes:
-            if not ranks.is_main:
-                return b""
-            results = [ron.loads(w.decode(), path="<blob records>") for w in written]
-            plan.fill([r["records"] for r in results])
-            plan.set_per_rank([r["per_rank"] for r in results])
-            pending.write_file("config.ron", config_text.encode("utf-8"))
-            for rank, result in enumerate(results):
-                if "size" in result:
-                    pending.record(
-                        blob_file(rank), size=result["size"], checksum=result["checksum"]
-                    )
-            pending.write_file("state.ron", (ron.dumps(tree) + "\n").encode("utf-8"))
-            return pending.commit().manifest.dumps().encode()
-
-        try:
-            written = ranks.run("write blobs", write, background=background, context=context)
-            manifest = ranks.run("commit", commit, background=background, context=context)[0]
-        except BaseException:
-            if ranks.is_main:
-                pending.abort()
-            raise
-        info = CheckpointInfo(
-            pending.number, pending.path, Manifest.loads(manifest.decode(), context)
-        )
-        if ranks.is_main:
+    def _finish(self, save: CheckpointSave, texts: dict[str, bytes]) -> CheckpointInfo:
+        # Async saves talk over their own process group, from the background thread.
+        info = save.finish(texts, background=self.async_save)
+        if self.ranks.is_coordinator:
             if self.policy.best_field:
-                self._metrics[info.number] = _field_metric(tree, self.policy.best_field)
+                self._metrics[info.number] = field_metric(save.tree, self.policy.best_field)
             self._retain()
         return info
 
@@ -478,9 +353,47 @@ class StateManager(Generic[C, S]):
         def metric(info: CheckpointInfo) -> float:
             # Known for the checkpoints this run wrote; read only for older ones.
             known = self._metrics.get(info.number)
-            return known if known is not None else _metric(info, best)
+            return known if known is not None else read_metric(info, best)
 
         self.store.retain(rules, metric)
+
+    @classmethod
+    def load(
+        cls,
+        config_clz: type[C],
+        state_clz: type[S],
+        initial_state: Callable[[C], S],
+        path: str | os.PathLike[str] | None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_key: str | None = None,
+        overrides: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> StateManager[C, S]:
+        """Resume from the newest checkpoint of ``checkpoint_dir`` (if one exists) or start anew.
+
+        The constructor under the name earlier releases documented.
+
+        :param config_clz: The type of the config object.
+        :param state_clz: The type of the state object.
+        :param initial_state: A function that takes a config object and returns an initial
+            state object.
+        :param path: The path to the config file or full checkpoint directory.
+        :param checkpoint_dir: The directory to store checkpoints.
+        :param checkpoint_key: The key to use for the checkpoint. This must be a field of
+            the state object (e.g. a field holding current iteration).
+        :param overrides: A list of overrides to apply to the config.
+            (Example: ``["optimizer.lr=0.1"]``)
+        """
+        return cls(
+            config_clz,
+            state_clz,
+            initial_state,
+            path,
+            checkpoint_dir,
+            checkpoint_key,
+            overrides,
+            **kwargs,
+        )
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -506,68 +419,5 @@ class StateManager(Generic[C, S]):
         self.close()
 
 
-class HyperState(StateManager[C, S]):
-    """The name earlier releases used; :meth:`load` is the documented constructor."""
-
-    @classmethod
-    def load(
-        cls,
-        config_clz: type[C],
-        state_clz: type[S],
-        initial_state: Callable[[C], S],
-        path: str | os.PathLike[str] | None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        checkpoint_key: str | None = None,
-        overrides: Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> HyperState[C, S]:
-        """Load a HyperState from a checkpoint (if one exists) or initialize a new one.
-
-        :param config_clz: The type of the config object.
-        :param state_clz: The type of the state object.
-        :param initial_state: A function that takes a config object and returns an initial
-            state object.
-        :param path: The path to the config file or full checkpoint directory.
-        :param checkpoint_dir: The directory to store checkpoints.
-        :param checkpoint_key: The key to use for the checkpoint. This must be a field of
-            the state object (e.g. a field holding current iteration).
-        :param overrides: A list of overrides to apply to the config.
-            (Example: ``["optimizer.lr=0.1"]``)
-        """
-        return cls(
-            config_clz,
-            state_clz,
-            initial_state,
-            path,
-            checkpoint_dir,
-            checkpoint_key,
-            overrides,
-            **kwargs,
-        )
-
-
-def _is_checkpoint(path: str) -> bool:
-    fs, fs_path = _fs.url_to_fs(path)
-    return bool(fs.isdir(fs_path) and fs.exists(f"{fs_path.rstrip('/')}/{COMMITTED}"))
-
-
-def _checkpoint_at(path: str) -> CheckpointInfo:
-    parent, _, name = path.rstrip("/").rpartition("/")
-    store = CheckpointStore(parent or ".")
-    for info in store.list():
-        if info.path.rstrip("/").endswith(name):
-            return info
-    raise HyperstateError(f"{path} is not a committed checkpoint of {parent or '.'}")
-
-
-def _metric(info: CheckpointInfo, field_path: str) -> float:
-    tree = ron.loads(_fs.read_text(f"{info.path}/state.ron"), path=f"{info.path}/state.ron")
-    return _field_metric(tree, field_path)
-
-
-def _field_metric(tree: Any, field_path: str) -> float:
-    """The number at ``field_path`` of a state's value tree (NaN when there is none)."""
-    value: Any = plain(tree)
-    for name in field_path.split("."):
-        value = value.get(name) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, int | float) else float("nan")
+HyperState = StateManager
+"""The name earlier releases used for :class:`StateManager`: the same class."""

@@ -17,7 +17,8 @@ from typing import Any
 from hyperstate import ron
 from hyperstate.errors import ConfigError, Issue, PathSegment, format_path
 from hyperstate.ron import Ident, Some, Struct
-from hyperstate.schema.types import (
+from hyperstate.serde import ScheduleParser, did_you_mean, to_value
+from hyperstate.typeinfo import (
     AnyType,
     DictType,
     EnumType,
@@ -33,7 +34,6 @@ from hyperstate.schema.types import (
     VarTupleType,
     format_type,
 )
-from hyperstate.serde import Hooks, did_you_mean, to_value
 
 __all__ = ["Override", "apply_overrides", "apply_overrides_collect", "parse_override"]
 
@@ -62,7 +62,7 @@ class Override:
     text: str
 
 
-class _Failure(Exception):
+class _BadOverride(Exception):
     def __init__(self, path: Path, message: str, hint: str | None = None) -> None:
         self.path = path
         self.message = message
@@ -126,9 +126,16 @@ def _malformed(text: str, message: str) -> ConfigError:
 
 
 def apply_overrides(
-    root: StructType, tree: Any, overrides: Sequence[str]
+    root: StructType,
+    tree: Any,
+    overrides: Sequence[str],
+    *,
+    schedules: ScheduleParser | None = None,
 ) -> tuple[Any, dict[Path, str]]:
     """Apply ``overrides`` in order to the value tree of a ``root`` struct.
+
+    With ``schedules``, a number field may be set to an unquoted schedule
+    (``lr=step: 3e-4@0 cos 0@1e5``).
 
     Returns the updated tree and, for each path that an override set, the override text
     (so that a later type error at that path can name the override).
@@ -137,14 +144,18 @@ def apply_overrides(
         ConfigError: listing every bad override of the call (malformed, unknown path,
             unparseable value), each naming the override string.
     """
-    tree, applied, issues = apply_overrides_collect(root, tree, overrides)
+    tree, applied, issues = apply_overrides_collect(root, tree, overrides, schedules=schedules)
     if issues:
         raise ConfigError(issues, context="invalid override" + ("s" if len(issues) > 1 else ""))
     return tree, applied
 
 
 def apply_overrides_collect(
-    root: StructType, tree: Any, overrides: Sequence[str]
+    root: StructType,
+    tree: Any,
+    overrides: Sequence[str],
+    *,
+    schedules: ScheduleParser | None = None,
 ) -> tuple[Any, dict[Path, str], list[Issue]]:
     """Like :func:`apply_overrides`, but returns the issues instead of raising them.
 
@@ -156,17 +167,19 @@ def apply_overrides_collect(
     for text in overrides:
         try:
             override = parse_override(text)
-            path = _apply(root, box, override)
+            path = _apply(root, box, override, schedules)
         except ConfigError as e:
             issues.extend(e.issues)
-        except _Failure as e:
+        except _BadOverride as e:
             issues.append(Issue(e.path, e.message, override=text, hint=e.hint))
         else:
             applied[path] = text
     return box[0], applied, issues
 
 
-def _apply(root: StructType, box: list[Any], override: Override) -> Path:
+def _apply(
+    root: StructType, box: list[Any], override: Override, schedules: ScheduleParser | None
+) -> Path:
     node: SchemaType = root
     container: Any = box
     key: Any = 0
@@ -176,10 +189,10 @@ def _apply(root: StructType, box: list[Any], override: Override) -> Path:
         container, key, node = _step(node, value, seg, tuple(path))
         path.append(key)
     if override.op == "=":
-        container[key] = _parse_leaf(node, override.value, tuple(path))
+        container[key] = _parse_leaf(node, override.value, tuple(path), schedules)
         return tuple(path)
     node, current = _resolve(node, container, key, tuple(path))
-    addition = _parse_leaf(node, override.value, tuple(path))
+    addition = _parse_leaf(node, override.value, tuple(path), schedules)
     if type(current) is list and isinstance(addition, list | tuple):
         current.extend(addition)
     elif type(current) is tuple and isinstance(addition, list | tuple):
@@ -187,7 +200,7 @@ def _apply(root: StructType, box: list[Any], override: Override) -> Path:
     elif type(current) is dict and type(addition) is dict:
         current.update(addition)
     else:
-        raise _Failure(
+        raise _BadOverride(
             tuple(path),
             f"'+=' appends to a list or merges into a map; {format_path(path)} holds "
             f"{format_type(node)}",
@@ -217,7 +230,7 @@ def _resolve(node: SchemaType, container: Any, key: Any, path: Path) -> tuple[Sc
         elif len(structs) == 1 and type(value) is Struct:
             node = next(iter(structs.values()))
         else:
-            raise _Failure(
+            raise _BadOverride(
                 path,
                 f"cannot tell which of {format_type(node)} {format_path(path)} holds; "
                 f"choose one first, e.g. '{format_path(path)}={next(iter(structs), 'X')}()'",
@@ -236,7 +249,7 @@ def _empty(node: SchemaType, path: Path) -> Any:
         return {}
     if isinstance(node, UnionType):
         return None
-    raise _Failure(path, f"{format_path(path)} is None; set it as a whole first")
+    raise _BadOverride(path, f"{format_path(path)} is None; set it as a whole first")
 
 
 def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any, SchemaType]:
@@ -248,16 +261,16 @@ def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any,
         if field is None:
             known = [f.name for f in node.fields]
             hint = did_you_mean(name, known) or f"fields: {', '.join(known)}"
-            raise _Failure((*path, name), f"unknown field '{name}' in {node.name}", hint)
+            raise _BadOverride((*path, name), f"unknown field '{name}' in {node.name}", hint)
         if name not in fields:
             fields[name] = _default_value(field, (*path, name))
         return fields, name, field.type
     if isinstance(node, ListType | VarTupleType | TupleType):
         if type(value) is not list:
-            raise _Failure(path, f"expected a list at {format_path(path)}, found {value!r}")
+            raise _BadOverride(path, f"expected a list at {format_path(path)}, found {value!r}")
         index = _as_index(seg, path)
         if not -len(value) <= index < len(value):
-            raise _Failure(
+            raise _BadOverride(
                 (*path, index),
                 f"index {index} out of range for {format_path(path)} (length {len(value)})",
                 f"use '{format_path(path)}+=[...]' to append",
@@ -269,7 +282,7 @@ def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any,
         if type(value) is Struct:
             value = value.fields
         if type(value) is not dict:
-            raise _Failure(path, f"expected a map at {format_path(path)}, found {value!r}")
+            raise _BadOverride(path, f"expected a map at {format_path(path)}, found {value!r}")
         key = _dict_key(node.key, seg, value, path)
         if key not in value:
             value[key] = _empty_or_none(node.value)
@@ -280,13 +293,13 @@ def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any,
         if type(value) is list:
             index = _as_index(seg, path)
             if not -len(value) <= index < len(value):
-                raise _Failure((*path, index), f"index {index} out of range")
+                raise _BadOverride((*path, index), f"index {index} out of range")
             return value, index % len(value), AnyType()
         if type(value) is dict:
             key = seg[0] if type(seg) is tuple else seg
             value.setdefault(key, {})
             return value, key, AnyType()
-    raise _Failure(
+    raise _BadOverride(
         path,
         f"{format_path(path)} is {format_type(node)}; it has no field or item "
         f"{seg[0] if type(seg) is tuple else seg!r}",
@@ -298,13 +311,13 @@ def _struct_fields(value: Any, node: StructType, path: Path) -> dict[str, Any]:
         return value.fields
     if type(value) is dict:
         return value
-    raise _Failure(path, f"expected struct {node.name} at {format_path(path)}, found {value!r}")
+    raise _BadOverride(path, f"expected struct {node.name} at {format_path(path)}, found {value!r}")
 
 
 def _as_index(seg: Any, path: Path) -> int:
     if type(seg) is int:
         return seg
-    raise _Failure(path, f"expected a list index at {format_path(path)}, found {seg!r}")
+    raise _BadOverride(path, f"expected a list index at {format_path(path)}, found {seg!r}")
 
 
 def _dict_key(key_node: SchemaType, seg: Any, value: dict[Any, Any], path: Path) -> Any:
@@ -313,7 +326,7 @@ def _dict_key(key_node: SchemaType, seg: Any, value: dict[Any, Any], path: Path)
         try:
             return int(raw)
         except ValueError:
-            raise _Failure(
+            raise _BadOverride(
                 path, f"expected an int key for {format_path(path)}, found {raw!r}"
             ) from None
     if isinstance(key_node, EnumType):
@@ -322,7 +335,7 @@ def _dict_key(key_node: SchemaType, seg: Any, value: dict[Any, Any], path: Path)
             if existing == name or (type(existing) is Ident and existing.name == name):
                 return existing
         if name not in key_node.cls.__members__:
-            raise _Failure(
+            raise _BadOverride(
                 path,
                 f"expected one of {key_node.cls.__name__} "
                 f"{{{', '.join(key_node.cls.__members__)}}} as key, found {name!r}",
@@ -350,7 +363,7 @@ def _default_value(field: Field, path: Path) -> Any:
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
 
-def _parse_leaf(node: SchemaType, text: str, path: Path) -> Any:
+def _parse_leaf(node: SchemaType, text: str, path: Path, schedules: ScheduleParser | None) -> Any:
     base = node.inner if isinstance(node, OptionType) else node
     if isinstance(base, Primitive) and base.type is bool:
         parsed = _BOOLS.get(text.lower())
@@ -369,13 +382,15 @@ def _parse_leaf(node: SchemaType, text: str, path: Path) -> Any:
     try:
         return ron.loads(text, path="<override>")
     except ron.ParseError as e:
-        if _is_number(base) and Hooks.schedule is not None:
+        if _is_number(base) and schedules is not None:
             try:
-                if Hooks.schedule(text) is not None:
+                if schedules(text) is not None:
                     return text  # `lr=step: 3e-4@0 cos 0@1e5` needs no quotes
             except ValueError as err:
-                raise _Failure(path, f"invalid schedule for {format_path(path)}: {err}") from None
-        raise _Failure(
+                raise _BadOverride(
+                    path, f"invalid schedule for {format_path(path)}: {err}"
+                ) from None
+        raise _BadOverride(
             path,
             f"cannot parse value {text!r} for {format_path(path)} ({format_type(node)}): "
             f"{e.msg} at column {e.col}",

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from math import cos, exp, isfinite, log, pi
 from typing import Literal, NamedTuple, overload
 
-from hyperstate.errors import HyperstateError
+from hyperstate.errors import ScheduleError
 
 __all__ = [
     "Interpolator",
@@ -52,47 +52,6 @@ __all__ = [
     "looks_like_schedule",
     "parse",
 ]
-
-
-class ScheduleError(HyperstateError, ValueError):
-    """A schedule string that does not parse.
-
-    Attributes:
-        msg: what was expected and what was found.
-        text: the whole schedule string.
-        col: 1-based column of the offending token in ``text``.
-
-    >>> try:
-    ...     parse("step: 3e-4@0 cosx 0@100")
-    ... except ScheduleError as e:
-    ...     print(e)
-    schedule "step: 3e-4@0 cosx 0@100": 1:14: expected an interpolator (lin, cos, step, exp, poly(p)) or a value, found 'cosx'
-        step: 3e-4@0 cosx 0@100
-                     ^
-    """  # noqa: E501
-
-    def __init__(self, msg: str, text: str, col: int) -> None:
-        self.msg = msg
-        self.text = text
-        self.col = col
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        shown = self.text.translate(_ONE_COLUMN)
-        caret = " " * (self.col - 1) + "^"
-        return f"{_quote(self.text)}: 1:{self.col}: {self.msg}\n    {shown}\n    {caret}"
-
-    def __reduce__(self) -> tuple[type[ScheduleError], tuple[str, str, int]]:
-        return (type(self), (self.msg, self.text, self.col))
-
-
-# Control characters shown as one space under the header, so the caret lines up.
-_ONE_COLUMN = {c: " " for c in range(32)}
-_QUOTE_ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\t"): "\\t"}
-
-
-def _quote(text: str) -> str:
-    return 'schedule "' + text.translate(_QUOTE_ESCAPES) + '"'
 
 
 class Point(NamedTuple):
@@ -270,7 +229,7 @@ def parse(text: str) -> Schedule:
     >>> parse("step: 1@10 2@5")
     Traceback (most recent call last):
     ...
-    hyperstate.schedule.ScheduleError: schedule "step: 1@10 2@5": 1:14: expected an x greater than the previous point's 10, found '5'
+    hyperstate.errors.ScheduleError: schedule "step: 1@10 2@5": 1:14: expected an x greater than the previous point's 10, found '5'
         step: 1@10 2@5
                      ^
     """  # noqa: E501

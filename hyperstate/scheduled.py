@@ -34,21 +34,32 @@ from typing import Any
 from hyperstate import schedule as _schedule
 from hyperstate.errors import ConfigError, Issue, PathSegment, format_path
 from hyperstate.ron import Ident, Struct
-from hyperstate.serde import Hooks
 
-__all__ = ["schedules", "set_schedules", "update_schedules", "with_schedule_text"]
+__all__ = [
+    "check_schedule_fields",
+    "parse",
+    "schedules",
+    "set_schedules",
+    "update_schedules",
+    "with_schedule_text",
+]
 
 Path = tuple[PathSegment, ...]
 _ATTR = "__hyperstate_schedules__"
 
 
-def _parse(text: str) -> _schedule.Schedule | None:
+def parse(text: str) -> _schedule.Schedule | None:
+    """The schedule that a string in a number field holds, or None when it holds none.
+
+    This is what the config loader passes to :func:`hyperstate.serde.from_value` and the
+    overrides, so that number fields accept schedules.
+
+    Raises:
+        ScheduleError: the text looks like a schedule but is malformed.
+    """
     if not _schedule.looks_like_schedule(text):
         return None
     return _schedule.parse(text)
-
-
-Hooks.schedule = _parse
 
 
 def schedules(config: Any) -> dict[Path, _schedule.Schedule]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from hyperstate.errors import ConfigError, Issue, PathSegment
 from hyperstate.ron import Ident, Some, Struct, TupleStruct
-from hyperstate.schema.types import (
+from hyperstate.typeinfo import (
     AnyType,
     DictType,
     EnumType,
@@ -34,14 +34,18 @@ from hyperstate.schema.types import (
     UnionType,
     VarTupleType,
     format_type,
+    node_of_record,
+    node_of_value,
     schema_of,
     struct_schema,
 )
 
 __all__ = [
     "DecodeResult",
-    "Hooks",
+    "Placer",
+    "ScheduleParser",
     "closest",
+    "decode_plain",
     "decoder_of",
     "describe",
     "did_you_mean",
@@ -65,40 +69,41 @@ _INVALID: Any = _Invalid()
 
 
 class _Ctx:
-    __slots__ = ("ignore_extra_fields", "issues", "schedules")
+    __slots__ = ("ignore_extra_fields", "issues", "place", "schedule", "schedules")
 
-    def __init__(self, ignore_extra_fields: bool) -> None:
+    def __init__(
+        self,
+        ignore_extra_fields: bool,
+        schedule: ScheduleParser | None = None,
+        place: Placer | None = None,
+    ) -> None:
         self.issues: list[Issue] = []
         self.ignore_extra_fields = ignore_extra_fields
+        self.schedule = schedule
+        self.place = place
         self.schedules: dict[Path, Any] = {}
 
     def fail(self, path: Path, message: str, hint: str | None = None) -> Any:
         self.issues.append(Issue(path, message, hint=hint))
         return _INVALID
 
+    def trial(self) -> _Ctx:
+        """A fresh context with the same options, to try a decoding out."""
+        return _Ctx(self.ignore_extra_fields, self.schedule, self.place)
+
 
 Decoder = Callable[[Any, Path, _Ctx], Any]
 Encoder = Callable[[Any, Path, bool], Any]
 
 
-class Hooks:
-    """Where the state layer plugs in (see :mod:`hyperstate.state`); unset for configs.
+ScheduleParser = Callable[[str], Any]
+"""Parses a schedule string found in an int/float field: returns the schedule (with
+``points`` and ``value_at``), None when the text is no schedule, or raises ``ValueError``
+when it is a malformed one. The config loader passes :func:`hyperstate.scheduled.parse`."""
 
-    Attributes:
-        encode_any: encodes a value in an ``Any`` field that plain values do not cover
-            (tensors, arrays); returns ``NotImplemented`` to decline.
-        decode_any: turns the value tree of an ``Any`` field into Python values.
-        defer: for a ``Lazy`` dataclass field, ``(schema) -> bool``: load it on access.
-        pending: wraps a zero-argument loader into a placeholder for a deferred field.
-        schedule: parses a schedule string found in an int/float field (returns None
-            when the text is no schedule; raises an error with a message when malformed).
-    """
-
-    schedule: Callable[[str], Any] | None = None
-    encode_any: Callable[[Any, Path], Any] | None = None
-    decode_any: Callable[[Any, Path], Any] | None = None
-    defer: Callable[[SchemaType], bool] | None = None
-    pending: Callable[[Callable[[], Any]], Any] | None = None
+Placer = Callable[[list[Issue]], list[Issue]]
+"""Attaches file positions (or overrides) to issues found after the load returned: those
+of a ``Lazy`` field decoded on first access."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,8 +171,15 @@ def from_value(
     *,
     ignore_extra_fields: bool = False,
     collect: bool = False,
+    schedules: ScheduleParser | None = None,
+    place: Placer | None = None,
 ) -> Any:
     """Build an instance of ``cls`` (any supported annotation) from a value tree.
+
+    With ``schedules``, a string in an int or float field that it parses as a schedule
+    is accepted: the field gets the schedule's first value, and the schedule is reported
+    in :attr:`DecodeResult.schedules`. ``place`` attaches positions to the issues of
+    ``Lazy`` fields decoded later, on first access.
 
     Raises:
         ConfigError: every problem found, each with the path of the bad value.
@@ -175,7 +187,7 @@ def from_value(
             the caller can attach file positions and override names to the issues.
     """
     node = cls if isinstance(cls, SchemaType) else schema_of(cls)
-    cx = _Ctx(ignore_extra_fields)
+    cx = _Ctx(ignore_extra_fields, schedules, place)
     result = _decoder(node)(value, (), cx)
     if collect:
         return DecodeResult(None if result is _INVALID else result, cx.issues, cx.schedules)
@@ -276,7 +288,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
     if isinstance(node, UnionType):
         return _union_decoder(node)
     if isinstance(node, AnyType):
-        return lambda v, path, cx: (Hooks.decode_any or _plain_any)(v, path)
+        return _decode_any
     custom = getattr(node, "decoder", None)
     if custom is not None:
         result: Decoder = custom()
@@ -290,7 +302,7 @@ def _dec_int(v: Any, path: Path, cx: _Ctx) -> Any:
         return v
     if t is float and v.is_integer():  # `steps: 1e5` is an integer written as a float
         return int(v)
-    if t is str and Hooks.schedule is not None:
+    if t is str and cx.schedule is not None:
         return _schedule_start(v, path, cx, "int")
     return cx.fail(path, f"expected int, found {describe(v)}")
 
@@ -301,16 +313,16 @@ def _dec_float(v: Any, path: Path, cx: _Ctx) -> Any:
         return v
     if t is int:
         return float(v)
-    if t is str and Hooks.schedule is not None:
+    if t is str and cx.schedule is not None:
         return _schedule_start(v, path, cx, "float")
     return cx.fail(path, f"expected float, found {describe(v)}")
 
 
 def _schedule_start(text: str, path: Path, cx: _Ctx, kind: str) -> Any:
     """A schedule string in an int/float field: record it; its first value stands in."""
-    assert Hooks.schedule is not None
+    assert cx.schedule is not None
     try:
-        schedule = Hooks.schedule(text)
+        schedule = cx.schedule(text)
     except ValueError as e:
         article = "an" if kind == "int" else "a"
         return cx.fail(path, f"invalid schedule for {article} {kind} field: {e}")
@@ -420,12 +432,12 @@ def _union_decoder(node: UnionType) -> Decoder:
                     did_you_mean(name, structs),
                 )
         for option in others:  # first primitive option that accepts the value wins
-            trial = _Ctx(cx.ignore_extra_fields)
+            trial = cx.trial()
             out = _decoder(option)(v, path, trial)
             if not trial.issues and _exact_primitive(option, v):
                 return out
         for option in others:
-            trial = _Ctx(cx.ignore_extra_fields)
+            trial = cx.trial()
             out = _decoder(option)(v, path, trial)
             if not trial.issues:
                 return out
@@ -447,10 +459,7 @@ def _struct_decoder(node: StructType) -> Decoder:
     def prepare() -> None:
         state["decoders"] = {f.name: _decoder(f.type) for f in node.fields}
         state["required"] = [f for f in node.fields if not f.has_default]
-        lazy = getattr(node.cls, "__hyperstate_lazy__", False) and Hooks.defer is not None
-        state["deferred"] = {
-            f.name for f in node.fields if lazy and Hooks.defer is not None and Hooks.defer(f.type)
-        }
+        state["deferred"] = node.lazy_fields
 
     def dec_struct(v: Any, path: Path, cx: _Ctx) -> Any:
         if not state:
@@ -465,12 +474,12 @@ def _struct_decoder(node: StructType) -> Decoder:
         else:
             return cx.fail(path, f"expected struct {node.name}(...), found {describe(v)}")
         decoders: dict[str, Decoder] = state["decoders"]
-        deferred: set[str] = state["deferred"]
+        deferred: frozenset[str] = state["deferred"]
         kwargs: dict[str, Any] = {}
         ok = True
         for name, raw in items.items():
             if name in deferred:
-                kwargs[name] = _deferred(decoders[name], raw, (*path, name), cx)
+                kwargs[name] = _deferred(node, decoders[name], raw, (*path, name), cx)
                 continue
             dec = decoders.get(name)
             if dec is None:
@@ -524,23 +533,52 @@ def _struct_decoder(node: StructType) -> Decoder:
     return dec_struct
 
 
-def _plain_any(v: Any, path: Path) -> Any:
+def _decode_any(v: Any, path: Path, cx: _Ctx) -> Any:
+    """An ``Any`` field's value as plain Python; records of registered kinds (tensor
+    references) decoded by their node."""
+    tv = type(v)
+    if tv is Struct:
+        node = node_of_record(v)
+        if node is not None:
+            return _decoder(node)(v, path, cx)
+        return {k: _decode_any(x, (*path, k), cx) for k, x in v.fields.items()}
+    if tv is dict:
+        return {k: _decode_any(x, (*path, k), cx) for k, x in v.items()}
+    if tv is list:
+        return [_decode_any(x, (*path, i), cx) for i, x in enumerate(v)]
+    if tv is tuple:
+        return tuple(_decode_any(x, (*path, i), cx) for i, x in enumerate(v))
     return plain(v)
 
 
-def _deferred(dec: Decoder, raw: Any, path: Path, cx: _Ctx) -> Any:
+def decode_plain(v: Any, path: Path = ()) -> Any:
+    """The value tree of an ``Any`` field (e.g. a state dict) as plain Python, at ``path``.
+
+    Records of registered kinds (tensor references) are decoded by their node.
+
+    Raises:
+        ConfigError: a record that does not decode, named by its path.
+    """
+    cx = _Ctx(False)
+    value = _decode_any(v, path, cx)
+    if cx.issues:
+        raise ConfigError(cx.issues)
+    return value
+
+
+def _deferred(owner: StructType, dec: Decoder, raw: Any, path: Path, cx: _Ctx) -> Any:
     """A placeholder that decodes ``raw`` when a Lazy dataclass's field is first read."""
-    ignore = cx.ignore_extra_fields
+    options = cx.trial()
 
     def load() -> Any:
-        inner = _Ctx(ignore)
+        inner = options.trial()
         value = dec(raw, path, inner)
         if inner.issues:
-            raise ConfigError(inner.issues)
+            issues = inner.place(inner.issues) if inner.place is not None else inner.issues
+            raise ConfigError(issues)
         return value
 
-    assert Hooks.pending is not None
-    return Hooks.pending(load)
+    return owner.cls.__hyperstate_pending__(load)  # type: ignore[attr-defined]
 
 
 def plain(v: Any) -> Any:
@@ -587,7 +625,8 @@ def to_value(obj: Any, cls: Any = None, *, elide_defaults: bool = False) -> Any:
 def encode_plain(obj: Any, path: Path = ()) -> Any:
     """The value tree of a plain Python value (as for an ``Any`` field), at ``path``.
 
-    Values the plain types do not cover go to ``Hooks.encode_any`` (tensors, arrays).
+    Values the plain types do not cover go to the registered node kinds (tensors, arrays;
+    see :func:`hyperstate.typeinfo.register`).
     """
     return _encode_any(obj, path, False)
 
@@ -789,8 +828,7 @@ def _encode_any(obj: Any, path: Path, elide: bool) -> Any:
         return [_encode_any(x, (*path, i), elide) for i, x in enumerate(obj)]
     if isinstance(obj, int | float | str):
         return obj
-    if Hooks.encode_any is not None:
-        encoded = Hooks.encode_any(obj, path)
-        if encoded is not NotImplemented:
-            return encoded
+    node = node_of_value(obj)
+    if node is not None:
+        return _encoder(node)(obj, path, elide)
     raise ConfigError([Issue(path, f"cannot write a value of type {t.__name__}: {obj!r}")])

@@ -41,15 +41,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import xxhash
-
 from hyperstate import _fs, ron
-from hyperstate.blobs import checksum
-from hyperstate.errors import HyperstateError
+from hyperstate._fs import checksum
+from hyperstate.errors import HyperstateError, StorageError
+from hyperstate.tensors import codec
 
 __all__ = [
     "COMMITTED",
+    "CONFIG_FILE",
+    "EDITS_DIR",
     "FORMAT_VERSION",
+    "STATE_FILE",
     "CheckpointInfo",
     "CheckpointStore",
     "FileEntry",
@@ -59,10 +61,44 @@ __all__ = [
     "RetentionPolicy",
     "RetryPolicy",
     "StorageError",
+    "blob_file",
+    "blob_file_beside",
+    "checkpoint_at",
+    "field_metric",
+    "read_metric",
 ]
 
 COMMITTED = "COMMITTED"
 """Name of the marker file that makes a directory a checkpoint."""
+
+CONFIG_FILE = "config.ron"
+"""The config of a checkpoint, as RON text."""
+
+STATE_FILE = "state.ron"
+"""The state of a checkpoint, as RON text with records of the tensors in blob files."""
+
+EDITS_DIR = "edits"
+"""The folder of a run directory where live edit requests wait (see ``hyperstate set``)."""
+
+
+def blob_file(rank: int) -> str:
+    """The blob file of ``rank`` in a checkpoint directory.
+
+    >>> blob_file(3)
+    'blobs/rank-00003.safetensors'
+    """
+    return f"blobs/rank-{rank:05d}.safetensors"
+
+
+def blob_file_beside(text_file: str) -> str:
+    """The blob file of a state written to ``text_file`` (a name) by ``hyperstate.dump``.
+
+    >>> blob_file_beside("state.ron"), blob_file_beside("best.ron")
+    ('blobs/rank-00000.safetensors', 'blobs/best-rank-00000.safetensors')
+    """
+    stem = text_file.rsplit(".", 1)[0]
+    return blob_file(0) if stem == "state" else f"blobs/{stem}-rank-00000.safetensors"
+
 
 FORMAT_VERSION = 1
 """Version of the checkpoint layout written into ``COMMITTED``."""
@@ -80,28 +116,6 @@ _PERMANENT = (
     NotADirectoryError,
     FileExistsError,
 )
-
-
-class StorageError(HyperstateError):
-    """A storage operation failed: which operation, on which file, and why.
-
-    Attributes:
-        operation: what was being done (``"write"``, ``"commit"``, ``"read manifest"``...).
-        path: the file or directory, as a URL or local path.
-        reason: what went wrong.
-    """
-
-    def __init__(self, operation: str, path: str, reason: str) -> None:
-        self.operation = operation
-        self.path = path
-        self.reason = reason
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return f"{self.operation} {self.path}: {self.reason}"
-
-    def __reduce__(self) -> tuple[type[StorageError], tuple[str, str, str]]:
-        return (type(self), (self.operation, self.path, self.reason))
 
 
 @dataclass(frozen=True)
@@ -297,15 +311,7 @@ class RetentionPolicy:
 
 def _check_relpath(relpath: str) -> str:
     """A path inside a checkpoint: relative, ``/``-separated, no ``..``; else ValueError."""
-    if not isinstance(relpath, str) or not relpath:
-        raise ValueError(f"expected a relative file path, got {relpath!r}")
-    if "\\" in relpath or "\x00" in relpath:
-        raise ValueError(f"file path {relpath!r} contains a backslash or NUL")
-    if relpath.startswith("/") or re.match(r"^[A-Za-z]:", relpath) or "://" in relpath:
-        raise ValueError(f"file path {relpath!r} must be relative to the checkpoint")
-    parts = relpath.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"file path {relpath!r} must stay inside the checkpoint (no '..')")
+    _fs.check_relpath(relpath)
     if relpath == COMMITTED:
         raise ValueError(f"{COMMITTED} is written by commit() only")
     return relpath
@@ -320,7 +326,10 @@ def _now() -> str:
 
 
 def _fsync_path(path: str, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    if directory:
+        _fs.fsync_dir(path)
+        return
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -408,7 +417,7 @@ class CheckpointStore:
         """Size and checksum of a stored file, read in chunks; ``read(bytes so far)``."""
 
         def scan() -> FileEntry:
-            h = xxhash.xxh3_64()
+            h = _fs.hasher()
             size = 0
             with self._fs.open(fs_path, "rb") as f:
                 while chunk := f.read(_CHUNK):
@@ -416,7 +425,7 @@ class CheckpointStore:
                     size += len(chunk)
                     if read is not None:
                         read(size)
-            return FileEntry(size, "xxh3-64:" + h.hexdigest())
+            return FileEntry(size, _fs.digest(h))
 
         return self._call("read", fs_path, scan)
 
@@ -847,3 +856,55 @@ class PendingCheckpoint:
                 raise StorageError("abort", self.path, "checkpoint is already committed")
             self._state = "aborted"
         self.store._rm(self.store._fs_dir(self.number), recursive=True)
+
+
+def checkpoint_at(url: str) -> CheckpointInfo | None:
+    """The committed checkpoint whose directory is ``url``, or None when ``url`` holds no
+    ``COMMITTED`` (not a checkpoint directory: a run directory, a file, nothing).
+
+    Raises:
+        StorageError: ``COMMITTED`` is there but malformed.
+    """
+    fs, fs_path = _fs.url_to_fs(url)
+    marker = f"{fs_path.rstrip('/')}/{COMMITTED}"
+    where = f"{url.rstrip('/')}/{COMMITTED}"
+    try:
+        data: bytes = fs.cat_file(marker)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        raise StorageError("read manifest", where, _reason(exc)) from exc
+    manifest = Manifest.loads(data.decode("utf-8", "replace"), where)
+    return CheckpointInfo(manifest.number, url.rstrip("/") or url, manifest)
+
+
+def field_metric(tree: Any, field: str) -> float:
+    """The number at dotted ``field`` (``"eval.loss"``) of a state's value tree, NaN when
+    there is none: what ``keep_best`` ranks checkpoints by. A 0-d tensor counts too.
+
+    >>> field_metric(ron.loads("State(eval: (loss: 0.5))"), "eval.loss")
+    0.5
+    """
+    node: Any = tree
+    for name in field.split("."):
+        if isinstance(node, ron.Struct):
+            node = node.fields.get(name)
+        elif isinstance(node, dict):
+            node = node.get(name)
+        else:
+            return math.nan
+    if codec.is_record(node) and "value" in node.fields:
+        node = node.fields["value"]  # a 0-d tensor written inline
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        return math.nan
+    return float(node)
+
+
+def read_metric(info: CheckpointInfo, field: str) -> float:
+    """:func:`field_metric` of checkpoint ``info``'s ``state.ron`` (NaN if unreadable)."""
+    url = f"{info.path}/{STATE_FILE}"
+    try:
+        tree = ron.loads(_fs.read_text(url), path=url)
+    except (HyperstateError, OSError, UnicodeDecodeError):
+        return math.nan
+    return field_metric(tree, field)

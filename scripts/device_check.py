@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import hyperstate
-from hyperstate.blobs import BlobReader, BlobWriter
+from hyperstate.tensors.safetensors import BlobReader, BlobWriter
 
 FILE = "blobs/rank-00000.safetensors"
 

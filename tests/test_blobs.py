@@ -26,9 +26,9 @@ import torch
 from fsspec.implementations.memory import MemoryFileSystem
 from safetensors import safe_open
 
-import hyperstate.blobs
+import hyperstate.tensors.safetensors
 from hyperstate import HyperstateError
-from hyperstate.blobs import BlobError, BlobReader, BlobRef, BlobWriter, checksum
+from hyperstate.tensors.safetensors import BlobError, BlobReader, BlobRef, BlobWriter, checksum
 
 FILE = "blobs/rank-00000.safetensors"
 
@@ -684,7 +684,7 @@ def test_remote_round_trip_with_tied_views_and_corruption(
     remote: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small upload pieces, so the chunked remote write path runs on small tensors.
-    monkeypatch.setattr(hyperstate.blobs, "_REMOTE_CHUNK", 1000)
+    monkeypatch.setattr(hyperstate.tensors.safetensors, "_REMOTE_CHUNK", 1000)
     w = torch.randn(40, 30)
     values = {"w": w, "w_t": w.t(), "bf16": random_tensor("bfloat16", (5, 7)), "e": torch.empty(0)}
     refs = write(remote, values)
@@ -725,14 +725,14 @@ def test_memory_url_round_trip() -> None:
 
 
 def test_module_docstring_examples() -> None:
-    result = doctest.testmod(hyperstate.blobs, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(hyperstate.tensors.safetensors, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 
 def test_numpy_only_use_does_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import sys, numpy as np\n"
-        "from hyperstate.blobs import BlobReader, BlobWriter\n"
+        "from hyperstate.tensors.safetensors import BlobReader, BlobWriter\n"
         f"w = BlobWriter({str(tmp_path)!r}, 'b.safetensors')\n"
         "w.add('x', np.arange(3.0))\n"
         "(ref,) = w.write()\n"
@@ -836,7 +836,7 @@ def test_reads_past_the_first_lookups_return_every_tensor(
 
 def test_a_header_with_escapes_is_parsed_whole(tmp_path: Path, full_parses: list[str]) -> None:
     # "\u00e9" and "é" are one key: with a backslash in the header, no count of the text
-    # can tell that a key occurs once, so even the first lookup parses the header.
+    # can tell that a key occurs once: the header is parsed whole, as every header is.
     refs = write(tmp_path, {"café": torch.ones(2), "b": torch.arange(3)})
     reader = BlobReader(tmp_path, FILE)
     assert torch.equal(reader.read(refs[1]), torch.arange(3))  # type: ignore[arg-type]

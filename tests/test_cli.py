@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import hyperstate
-from hyperstate.cli import main
+from hyperstate.tools.cli import main
 from hyperstate.storage import CheckpointStore
 
 HYPERSTATE = str(Path(sys.executable).with_name("hyperstate"))
@@ -119,7 +119,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_importing_the_cli_does_not_import_torch() -> None:
-    result = python("import sys, hyperstate.cli; print('torch' in sys.modules)")
+    result = python("import sys, hyperstate.tools.cli; print('torch' in sys.modules)")
     assert result.stdout.strip() == "False", result.stderr
 
 
@@ -214,7 +214,7 @@ def test_show_reads_no_tensor_bytes_and_no_torch(run: Path, tmp_path: Path) -> N
     copy = copy_of(run, 4, tmp_path)
     shutil.rmtree(copy / "blobs")  # a 10 GB checkpoint's blobs are never read
     code = (
-        "import sys; from hyperstate.cli import main; "
+        "import sys; from hyperstate.tools.cli import main; "
         f"rc = main(['show', {str(copy)!r}, 'model']); "
         "print('torch' in sys.modules, 'numpy' in sys.modules); sys.exit(rc)"
     )
@@ -409,7 +409,7 @@ def test_schedule_png(tmp_path: Path) -> None:
 def test_schedule_png_without_matplotlib_says_how_to_install(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['matplotlib'] = None  # as if it were not installed\n"
-        "from hyperstate.cli import main\n"
+        "from hyperstate.tools.cli import main\n"
         f"sys.exit(main(['schedule', 'step: 1@0 2@10', '--png', {str(tmp_path / 'x.png')!r}]))"
     )
     result = python(code)

@@ -1,4 +1,4 @@
-"""hyperstate.convert: files that torch, safetensors and DCP wrote, in and out of checkpoints."""
+"""hyperstate.tools.convert: files that torch, safetensors and DCP wrote, in and out of checkpoints."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import nn
 
 import hyperstate
 from hyperstate import ron
-from hyperstate.convert import (
+from hyperstate.tools.convert import (
     ConvertError,
     detect_format,
     export_safetensors,
@@ -241,7 +241,7 @@ def test_tensor_refs_and_paths_in_a_tree() -> None:
 
 def test_sharded_tensor_refs_are_read_whole(tmp_path: Path) -> None:
     # The form a distributed save writes for a DTensor sharded on dim 0 over two ranks.
-    from hyperstate.blobs import BlobWriter
+    from hyperstate.tensors.safetensors import BlobWriter
 
     whole = torch.arange(20.0).reshape(5, 4)
     shards = []

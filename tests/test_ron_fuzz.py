@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_ron_corpus import DATA, VALID, read
 
-from hyperstate.ron import ParseError, loads, loads_deferred, locate
+from hyperstate.ron import ParseError, loads, locate
 
 TIME_LIMIT_S = 5.0
 
@@ -79,30 +79,6 @@ def test_locate_on_mutated_files(text: str) -> None:
         locate(text, [(), (0,), ("a",), ("a", 0, "b")])
 
 
-def deferred_then_filled(text: str) -> object:
-    """``loads_deferred`` of every field-like name in ``text``, each field then filled."""
-    names = set(re.findall(r"(?<!\w)(\w++)\s*+:", text))
-    tree, deferred = loads_deferred(text, names)
-    for d in deferred.values():
-        d.fill()
-    return tree
-
-
-@settings(max_examples=300, deadline=None)
-@given(mutated_corpus_file())
-def test_deferred_parse_agrees_with_the_parser(text: str) -> None:
-    # Valid text gives the same tree; invalid text fails, at the latest when filled.
-    start = time.perf_counter()
-    try:
-        expected = loads(text)
-    except ParseError:
-        with pytest.raises(ParseError):
-            deferred_then_filled(text)
-    else:
-        assert repr(deferred_then_filled(text)) == repr(expected)  # repr: NaN != NaN
-    assert time.perf_counter() - start < TIME_LIMIT_S
-
-
 PATHOLOGICAL = {
     "brackets": "[" * 100_000,
     "parens": "(" * 5000,
@@ -147,16 +123,6 @@ PATHOLOGICAL = {
 @pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
 def test_pathological_input(name: str) -> None:
     parse_or_parse_error(PATHOLOGICAL[name])
-
-
-@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
-def test_pathological_deferred_field(name: str) -> None:
-    # The scan that skips a deferred field is a regex too: it must not backtrack.
-    start = time.perf_counter()
-    for opener in ("[", "{", "S(a: "):
-        with contextlib.suppress(ParseError):
-            deferred_then_filled("S(a: " + opener + PATHOLOGICAL[name])
-    assert time.perf_counter() - start < TIME_LIMIT_S
 
 
 def test_mutations_start_from_the_whole_corpus() -> None:

@@ -27,7 +27,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import hyperstate
 from hyperstate import _fs
-from hyperstate.blobs import checksum
+from hyperstate.tensors.safetensors import checksum
 from hyperstate.errors import HyperstateError
 from hyperstate.storage import (
     COMMITTED,

@@ -1,17 +1,18 @@
-"""Distributed checkpointing: everything that talks to ``torch.distributed``.
+"""The rank protocol of a save and a restore: everything that talks across ranks.
 
-Under ``torchrun`` (a default process group is initialised), ``StateManager`` /
-``HyperState`` coordinate all ranks through :class:`Ranks`: rank 0 writes the text files
-and ``COMMITTED``, every rank writes its own blob file (replicated tensors once in total,
-shards by their owners, ``PerRank`` values by each rank), and a checkpoint commits only
-when every rank succeeded. With no process group the same code runs with no-op
-collectives. See docs/distributed.md.
+Under ``torchrun`` (a default process group is initialised), the manager coordinates all
+ranks through :class:`Ranks`: rank 0 chooses the checkpoint to resume from and sends it
+to every rank (:mod:`~hyperstate.distributed.restore`); on save every rank plans the same
+tensors (:mod:`~hyperstate.distributed.plan`), writes its own blob file (replicated
+tensors once in total, ``DTensor`` shards by their owners, ``PerRank`` values by each
+rank), and rank 0 commits once every rank succeeded (:mod:`~hyperstate.distributed.save`).
+With no process group the same code runs with no-op collectives. See
+docs/distributed.md.
 """
 
-from hyperstate import manager as _manager
-from hyperstate.distributed.collectives import DEFAULT_TIMEOUT, DistributedError, Ranks
+from hyperstate.distributed.collectives import DEFAULT_TIMEOUT, Ranks
+from hyperstate.distributed.per_rank import PerRank
 from hyperstate.distributed.plan import assign
+from hyperstate.errors import DistributedError
 
-_manager.COORDINATOR = Ranks  # managers coordinate through Ranks (no-ops with one rank)
-
-__all__ = ["DEFAULT_TIMEOUT", "DistributedError", "Ranks", "assign"]
+__all__ = ["DEFAULT_TIMEOUT", "DistributedError", "PerRank", "Ranks", "assign"]

@@ -21,42 +21,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from hyperstate.distributed.plan import assign
-from hyperstate.errors import HyperstateError
-from hyperstate.state import Planned
+from hyperstate.distributed.plan import Planned, assign
+from hyperstate.errors import DistributedError
 
-__all__ = ["DEFAULT_TIMEOUT", "DistributedError", "Ranks"]
+__all__ = ["DEFAULT_TIMEOUT", "Ranks"]
 
 T = TypeVar("T")
 
 #: Seconds a collective waits for the other ranks before failing (env
 #: ``HYPERSTATE_DIST_TIMEOUT`` overrides it).
 DEFAULT_TIMEOUT = 300.0
-
-
-class DistributedError(HyperstateError):
-    """A step failed on some rank(s); raised on every rank.
-
-    Attributes:
-        step: the name of the step.
-        failures: the error message of each failed rank, by rank.
-    """
-
-    def __init__(self, step: str, failures: dict[int, str], context: str = "") -> None:
-        self.step = step
-        self.failures = dict(failures)
-        self.context = context
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f"{self.context}: " if self.context else ""
-        if not self.failures:
-            return f"{where}step {self.step!r} failed"
-        parts = [f"rank {r} failed at step {self.step!r}: {m}" for r, m in self.failures.items()]
-        return where + "; ".join(parts)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (DistributedError, (self.step, self.failures, self.context))
 
 
 class Ranks:
@@ -67,14 +41,14 @@ class Ranks:
     Creating it is itself collective: every rank must create it, in the same order.
     """
 
-    def __init__(self, timeout: float | None = None) -> None:
+    def __init__(self, timeout: float | None = None, *, join: bool = True) -> None:
         self.rank = 0
         self.world_size = 1
         if timeout is None:
             timeout = float(os.environ.get("HYPERSTATE_DIST_TIMEOUT", DEFAULT_TIMEOUT))
         self.timeout = timeout
         self._groups: dict[str, Any] = {}
-        if "torch.distributed" not in sys.modules:
+        if not join or "torch.distributed" not in sys.modules:
             return  # a process group needs torch.distributed imported: none here
         import torch.distributed as dist
 
@@ -87,6 +61,12 @@ class Ranks:
             for name in ("foreground", "background"):
                 self._groups[name] = dist.new_group(backend="gloo", timeout=delta)
 
+    @classmethod
+    def alone(cls) -> Ranks:
+        """A world of one, even in a job: for a save that this process makes on its own
+        (``hyperstate convert``, ``hyperstate.dump``)."""
+        return cls(join=False)
+
     def __repr__(self) -> str:
         return f"Ranks(rank={self.rank}, world_size={self.world_size})"
 
@@ -96,8 +76,8 @@ class Ranks:
         return self.world_size > 1
 
     @property
-    def is_main(self) -> bool:
-        """Whether this is rank 0, which writes the text files and commits."""
+    def is_coordinator(self) -> bool:
+        """Whether this is rank 0, which chooses, writes the text files and commits."""
         return self.rank == 0
 
     def close(self) -> None:
@@ -144,7 +124,7 @@ class Ranks:
             raise DistributedError(step, failures, context) from error
         return [m[1:] for m in results]
 
-    def run_on_main(
+    def run_on_coordinator(
         self,
         step: str,
         fn: Callable[[], bytes],
@@ -157,7 +137,7 @@ class Ranks:
             return fn()
         message = b""
         error: BaseException | None = None
-        if self.is_main:
+        if self.is_coordinator:
             try:
                 message = b"\0" + fn()
             except BaseException as e:
@@ -185,10 +165,7 @@ class Ranks:
     # -- transport --------------------------------------------------------------------
 
     def _group(self, background: bool) -> Any:
-        group = self._groups.get("background" if background else "foreground")
-        if group is None:
-            raise HyperstateError("this manager is closed: its process groups are released")
-        return group
+        return self._groups["background" if background else "foreground"]
 
     def _call(self, step: str, context: str, fn: Callable[[], object]) -> None:
         try:
@@ -229,7 +206,7 @@ class Ranks:
         size = torch.tensor([len(data)], dtype=torch.int64)
         self._call(step, context, lambda: dist.broadcast(size, 0, group=group))
         buf = torch.zeros(int(size.item()), dtype=torch.uint8)
-        if self.is_main and data:
+        if self.is_coordinator and data:
             buf[:] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         self._call(step, context, lambda: dist.broadcast(buf, 0, group=group))
         return buf.numpy().tobytes()

@@ -1,13 +1,58 @@
-"""Which rank writes which tensor of a checkpoint (no communication: every rank computes
-the same answer from the same plan)."""
+"""Who writes which tensor of a checkpoint: the plan every rank computes alike.
+
+Every rank encodes the whole state with a :class:`BlobPlan` as the sink of its tensors:
+the tensors are collected as :class:`Planned` items, not written. :func:`assign` then
+says, with no communication, which items each rank writes; :meth:`BlobPlan.keep` keeps
+(and, for async saves, stages) those, :meth:`BlobPlan.write` writes them to this rank's
+blob file, and :meth:`BlobPlan.fill` puts every rank's records into the tree.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from hyperstate.state import Planned
+from hyperstate import _fs
+from hyperstate.errors import ValuePath
+from hyperstate.ron import Struct
+from hyperstate.tensors import codec
+from hyperstate.tensors.context import sending_tensors
+from hyperstate.tensors.safetensors import BlobWriter
+from hyperstate.tensors.staging import Staging
 
-__all__ = ["assign"]
+__all__ = ["BlobPlan", "Planned", "assign"]
+
+
+@dataclass
+class Planned:
+    """A tensor or array met while encoding a state for a planned save.
+
+    ``placement`` is ``"replicated"`` (the same on every rank: written once, by the rank
+    the plan assigns), ``"sharded"`` (a ``DTensor``'s local shard: written by the rank
+    that owns it, at global offset ``at``) or ``"rank"`` (inside a ``PerRank`` value:
+    written by this rank). Tensors that share storage have the same ``group``.
+    """
+
+    node: Struct
+    value: Any
+    where: ValuePath
+    placement: str
+    nbytes: int
+    group: int
+    at: tuple[int, ...] = ()
+    writes: bool = True  # sharded: whether this rank is the one that writes the shard
+
+    def signature(self) -> str:
+        """What must be the same on every rank for the plan to be valid."""
+        shape = self.node.fields.get("shape", ())
+        dtype = self.node.fields.get("dtype", "")
+        return f"{key_hint(self.where)}:{self.placement}:{dtype}:{shape}:{self.group}"
+
+
+def key_hint(where: ValuePath) -> str:
+    """The blob entry name of the tensor at ``where`` (made unique by the writer)."""
+    return ".".join(str(p) for p in where) or "value"
 
 
 def assign(items: Sequence[Planned], rank: int, world_size: int) -> list[int]:
@@ -36,3 +81,135 @@ def assign(items: Sequence[Planned], rank: int, world_size: int) -> list[int]:
         elif item.placement == "rank" or item.writes:
             owned.append(i)
     return owned
+
+
+class BlobPlan:
+    """The tensors of a state, collected while it is encoded, to be written by their owners.
+
+    It is the tensors' sink during :meth:`encode`; :attr:`items` lists the tensors met,
+    in encoding order (the same on every rank). The caller decides which items this rank
+    writes (:meth:`keep`), calls :meth:`write`, exchanges the returned records between
+    ranks, and (on the rank that writes ``state.ron``) passes them all to :meth:`fill`.
+    """
+
+    def __init__(self, directory: str, file: str, staging: Staging | None = None) -> None:
+        self.directory = directory
+        self.file = file
+        self.staging = staging
+        self.items: list[Planned] = []
+        self.file_size = 0
+        self.file_checksum = ""
+        self.local = 0  # > 0 while encoding a PerRank value: its tensors are this rank's
+        self._per_rank: list[Struct] = []
+        self._storages: dict[tuple[Any, ...], int] = {}
+        self._written: list[int] = []
+
+    def encode(self, encode: Callable[[], Any]) -> Any:
+        """Run ``encode()`` (e.g. ``to_value(state)``) with this plan as the tensors' sink."""
+        with sending_tensors(self):
+            return encode()
+
+    # -- the sink ------------------------------------------------------------------------
+
+    def add(self, obj: Any, where: ValuePath, kind: str) -> Struct:
+        """Collect a tensor or array; return its record, filled in by :meth:`fill`."""
+        index = len(self.items)
+        name = "Tensor" if kind == "torch" else "Array"
+        placement = "rank" if self.local else "replicated"
+        if kind == "numpy":
+            return self._append(Planned(Struct(name, {}), obj, where, placement, obj.nbytes, index))
+        if type(obj).__name__ == "DTensor":
+            from hyperstate.distributed.dtensor import plan_dtensor
+
+            return self._append(plan_dtensor(obj, where, index, placement))
+        storage = obj.untyped_storage()
+        key = (storage.data_ptr(), storage.device, storage.nbytes())
+        group = self._storages.setdefault(key, index) if storage.nbytes() else index
+        nbytes = int(obj.numel() * obj.element_size())
+        return self._append(Planned(Struct(name, {}), obj, where, placement, nbytes, group))
+
+    def _append(self, item: Planned) -> Struct:
+        self.items.append(item)
+        return item.node
+
+    def add_per_rank(self, node: Struct) -> None:
+        """Remember a ``PerRank`` record, whose other ranks' values rank 0 fills in."""
+        self._per_rank.append(node)
+
+    # -- the plan ------------------------------------------------------------------------
+
+    @property
+    def overflow(self) -> bool:
+        """Whether some kept tensors were left unstaged (over the staging budget)."""
+        return self.staging is not None and self.staging.overflow
+
+    def signature(self) -> str:
+        """A digest of the plan's structure: equal on every rank, or the plan is invalid."""
+        text = "\n".join(i.signature() for i in self.items)
+        return f"{len(self.items)}:{_fs.checksum(text.encode('utf-8'))}"
+
+    def keep(self, owned: Sequence[int]) -> None:
+        """Keep (and stage, for async saves) the items this rank writes; drop the rest."""
+        staging = self.staging
+        if staging is not None:
+            staging.begin()
+        mine = set(owned)
+        for i, item in enumerate(self.items):
+            if i not in mine:
+                item.value = None  # training may change it: this rank does not write it
+            elif staging is not None:
+                item.value = staging.stage(item.value)
+        self._written = sorted(mine)
+
+    def write(self) -> dict[int, Struct]:
+        """Write this rank's blob file; return the records of what it wrote.
+
+        The records give, for each written item (by index), the fields of its record (for
+        a shard: its ``Shard(...)`` record). They are in this rank's tree already;
+        :meth:`fill` puts other ranks' records into it.
+        """
+        records: dict[int, Struct] = {}
+        if self._written:
+            writer = BlobWriter(self.directory, self.file)
+            added = [
+                (i, writer.add(key_hint(self.items[i].where), self.items[i].value))
+                for i in self._written
+            ]
+            # Refs come back in the order of add(); keys are not unique (a tensor and a
+            # view of it share their storage's entry).
+            for (i, _), ref in zip(added, writer.write(), strict=True):
+                item = self.items[i]
+                fields = codec.record_fields(ref)
+                if item.placement == "sharded":
+                    records[i] = Struct("Shard", {"at": item.at, **fields})
+                else:
+                    records[i] = Struct(item.node.name, fields)
+                item.value = None
+            self.file_size = int(writer.written_bytes)
+            self.file_checksum = str(writer.file_checksum)
+            if self.staging is not None:
+                self.staging.release()
+        self.fill([records])
+        return records
+
+    def fill(self, records: list[dict[int, Struct]]) -> None:
+        """Put written entries' records into the tree (records of one or more ranks)."""
+        for rank_records in records:
+            for i, record in rank_records.items():
+                node = self.items[i].node
+                if record.name == "Shard":
+                    shards = node.fields["shards"]
+                    if all(s.fields["at"] != record.fields["at"] for s in shards):
+                        shards.append(record)
+                        shards.sort(key=lambda s: tuple(s.fields["at"]))
+                else:
+                    node.fields.update(record.fields)
+
+    def per_rank_values(self) -> list[Any]:
+        """This rank's values of the ``PerRank`` fields (after :meth:`write`)."""
+        return [node.fields["ranks"][0] for node in self._per_rank]
+
+    def set_per_rank(self, values: list[list[Any]]) -> None:
+        """Give the ``PerRank`` fields every rank's value (``values[r]`` from rank ``r``)."""
+        for j, node in enumerate(self._per_rank):
+            node.fields["ranks"] = [v[j] for v in values]

@@ -18,12 +18,11 @@ Config(
 
 from hyperstate.errors import ParseError
 from hyperstate.ron._emitter import dumps
-from hyperstate.ron._parser import MAX_DEPTH, Deferred, loads, loads_deferred, locate
+from hyperstate.ron._parser import MAX_DEPTH, loads, locate
 from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
 
 __all__ = [
     "MAX_DEPTH",
-    "Deferred",
     "Ident",
     "ParseError",
     "Some",
@@ -32,6 +31,5 @@ __all__ = [
     "Value",
     "dumps",
     "loads",
-    "loads_deferred",
     "locate",
 ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyperstate import _fs, ron
-from hyperstate.schema import types as t
+from hyperstate import typeinfo as t
 from hyperstate.schema.docs import field_docs
 from hyperstate.serde import from_value, plain, to_value
 

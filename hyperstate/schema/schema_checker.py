@@ -32,8 +32,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from hyperstate import typeinfo as t
 from hyperstate.schema import model as m
-from hyperstate.schema import types as t
 from hyperstate.schema.rewrite_rule import (
     AddDefault,
     ChangeDefault,
@@ -45,9 +45,9 @@ from hyperstate.schema.rewrite_rule import (
     RuleMismatch,
 )
 from hyperstate.schema.schema_change import SchemaChange, Severity
-from hyperstate.schema.types import StructType, struct_schema
 from hyperstate.schema.upgrade import upgrade
 from hyperstate.serde import from_value, plain
+from hyperstate.typeinfo import StructType, struct_schema
 
 __all__ = ["SchemaChecker"]
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from hyperstate.errors import ConfigError, Issue, PathSegment
 from hyperstate.ron import Ident, Some, Struct
-from hyperstate.schema.types import (
+from hyperstate.serde import describe
+from hyperstate.typeinfo import (
     DictType,
     ListType,
     OptionType,
@@ -23,7 +24,6 @@ from hyperstate.schema.types import (
     UnionType,
     VarTupleType,
 )
-from hyperstate.serde import describe
 
 __all__ = ["needs_upgrade_pass", "upgrade"]
 

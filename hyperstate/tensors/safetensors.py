@@ -17,7 +17,7 @@ Tensors that share storage (tied weights, ``w`` and ``w.t()``) are stored once a
 come back as views of one shared tensor, so they are still tied after loading.
 
 >>> import torch, tempfile
->>> from hyperstate.blobs import BlobReader, BlobWriter
+>>> from hyperstate.tensors import BlobReader, BlobWriter
 >>> directory = tempfile.mkdtemp()
 >>> writer = BlobWriter(directory, "blobs/rank-00000.safetensors")
 >>> w = torch.arange(6.0).reshape(2, 3)
@@ -55,96 +55,27 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import xxhash
-
 from hyperstate import _fs
-from hyperstate.errors import HyperstateError
+from hyperstate._fs import checksum
+from hyperstate.errors import BlobError
+from hyperstate.tensors.dtypes import (
+    ALIGN,
+    CODES,
+    COMPLEX,
+    ITEMSIZE,
+    NAME_OF_CODE,
+    NUMPY_NAMES,
+    STORED_AS,
+    dtype_name,
+    target_device,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
 __all__ = ["BlobError", "BlobReader", "BlobRef", "BlobWriter", "checksum"]
-
-# The safetensors dtype code of every torch dtype it can name, by torch dtype name.
-_CODES: dict[str, str] = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint64": "U64",
-    "uint32": "U32",
-    "uint16": "U16",
-    "uint8": "U8",
-    "bool": "BOOL",
-    "complex64": "C64",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-    "float8_e4m3fnuz": "F8_E4M3FNUZ",
-    "float8_e5m2fnuz": "F8_E5M2FNUZ",
-    "float8_e8m0fnu": "F8_E8M0",
-}
-_NAME_OF_CODE = {code: name for name, code in _CODES.items()}
-
-# Dtypes safetensors cannot name, stored as an entry of another dtype with the same bytes:
-# (entry dtype, trailing dimension the entry adds or 0). The ref keeps the real dtype.
-_STORED_AS: dict[str, tuple[str, int]] = {
-    "complex128": ("float64", 2),
-    "complex32": ("float16", 2),
-    "float4_e2m1fn_x2": ("uint8", 0),
-}
-
-_ITEMSIZE: dict[str, int] = {
-    "float64": 8,
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "int64": 8,
-    "int32": 4,
-    "int16": 2,
-    "int8": 1,
-    "uint64": 8,
-    "uint32": 4,
-    "uint16": 2,
-    "uint8": 1,
-    "bool": 1,
-    "complex64": 8,
-    "complex128": 16,
-    "complex32": 4,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-    "float8_e4m3fnuz": 1,
-    "float8_e5m2fnuz": 1,
-    "float8_e8m0fnu": 1,
-    "float4_e2m1fn_x2": 1,
-}
-
-# Entries start at multiples of this, so that views of them are aligned.
-_ALIGN = {name: min(size, 8) for name, size in _ITEMSIZE.items()}
-
-# The dtypes numpy has, under the same names as torch's.
-_NUMPY_NAMES = frozenset(
-    {
-        "float64",
-        "float32",
-        "float16",
-        "int64",
-        "int32",
-        "int16",
-        "int8",
-        "uint64",
-        "uint32",
-        "uint16",
-        "uint8",
-        "bool",
-        "complex64",
-        "complex128",
-    }
-)
 
 # safetensors refuses larger headers; so do we, before reading one.
 _MAX_HEADER = 100_000_000
@@ -155,42 +86,7 @@ _THREAD_HASH_MIN = 1 << 20
 # large tensor at once.
 _REMOTE_CHUNK = 8 << 20
 _KINDS = ("torch", "numpy")
-_CHECKSUM_RE = re.compile(r"xxh3-64:[0-9a-f]{16}")
 _DEVICE_RE = re.compile(r"[a-z][a-z0-9_]*(:[0-9]+)?")
-
-
-class BlobError(HyperstateError):
-    """A blob file or ref that cannot be written or read as it is.
-
-    Attributes:
-        msg: what was expected and what was found.
-        file: the blob file (as the checkpoint names it), when known.
-        key: the entry in that file, when known.
-    """
-
-    def __init__(self, msg: str, file: str | None = None, key: str | None = None) -> None:
-        self.msg = msg
-        self.file = file
-        self.key = key
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.file or ""
-        if self.key is not None:
-            where = f"{where} entry {self.key!r}".strip()
-        return f"{where}: {self.msg}" if where else self.msg
-
-    def __reduce__(self) -> tuple[type[BlobError], tuple[str, str | None, str | None]]:
-        return (type(self), (self.msg, self.file, self.key))
-
-
-def checksum(data: memoryview | bytes | bytearray) -> str:
-    """The checksum of some bytes as recorded in refs: ``"xxh3-64:<16 hex digits>"``.
-
-    >>> checksum(b"")
-    'xxh3-64:2d06800538d394c2'
-    """
-    return "xxh3-64:" + xxhash.xxh3_64_hexdigest(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,11 +131,11 @@ class BlobRef:
 
         if not isinstance(self.file, str) or not isinstance(self.key, str):
             raise bad(f"expected file and key strings, found {self.file!r}, {self.key!r}")
-        if self.dtype not in _ITEMSIZE:
-            raise bad(f"expected a dtype among {sorted(_ITEMSIZE)}, found {self.dtype!r}")
+        if self.dtype not in ITEMSIZE:
+            raise bad(f"expected a dtype among {sorted(ITEMSIZE)}, found {self.dtype!r}")
         if self.kind not in _KINDS:
             raise bad(f"expected kind 'torch' or 'numpy', found {self.kind!r}")
-        if self.kind == "numpy" and self.dtype not in _NUMPY_NAMES:
+        if self.kind == "numpy" and self.dtype not in NUMPY_NAMES:
             raise bad(f"numpy has no dtype {self.dtype!r}")
         object.__setattr__(self, "shape", _int_tuple(self.shape, "shape", bad))
         if self.stride is not None:
@@ -254,7 +150,7 @@ class BlobRef:
         if self.stride is None and self.offset != 0:
             raise bad(f"offset {self.offset} given without a stride")
         if not isinstance(self.checksum, str) or not (
-            self.checksum == "" or _CHECKSUM_RE.fullmatch(self.checksum)
+            self.checksum == "" or _fs.is_checksum(self.checksum)
         ):
             raise bad(f"expected checksum 'xxh3-64:<16 hex digits>', found {self.checksum!r}")
         if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
@@ -277,25 +173,10 @@ def _int_tuple(value: object, what: str, bad: Callable[[str], BlobError]) -> tup
 
 def _check_relative(file: object) -> str:
     """Refuse a blob path that could leave the checkpoint directory."""
-    if not isinstance(file, str) or not file:
-        raise BlobError(f"expected a relative blob file path, found {file!r}")
-    if file.startswith(("/", "\\")) or os.path.isabs(file) or re.match(r"[A-Za-z]:", file):
-        raise BlobError(
-            "expected a path relative to the checkpoint directory, found an absolute one",
-            file,
-        )
-    if "://" in file or "\\" in file or "\x00" in file:
-        raise BlobError(
-            "expected a relative path with '/' separators, found a URL, a backslash or NUL",
-            file,
-        )
-    if any(part in ("", ".", "..") for part in file.split("/")):
-        raise BlobError(
-            "expected a path that stays inside the checkpoint directory, "
-            "found an empty, '.' or '..' segment",
-            file,
-        )
-    return file
+    try:
+        return _fs.check_relpath(file)
+    except ValueError as e:
+        raise BlobError(str(e), file if isinstance(file, str) else None) from None
 
 
 def _resolve(directory: str | os.PathLike[str], file: str) -> tuple[Any, str, bool]:
@@ -324,7 +205,6 @@ _STORAGE, _TENSOR, _ARRAY = 0, 1, 2
 # (IOV_MAX buffers at most) instead of a write call and a thread hand-off per entry.
 _BATCH_ENTRIES = 1024
 _BATCH_BYTES = 1 << 20  # bounds the temporary copies (CUDA) a batch holds
-_COMPLEX = frozenset({"complex32", "complex64", "complex128"})
 
 
 class _Entries:
@@ -360,7 +240,7 @@ class _Entries:
         value: Any,
         ptr: int = 0,
     ) -> int:
-        align = _ALIGN[dtype]
+        align = ALIGN[dtype]
         self.first.append(first)
         self.dtype.append(dtype)
         self.shape.append(shape)
@@ -466,8 +346,8 @@ class BlobWriter:
                 ".to_local(), sparse: .to_dense())",
                 self.file,
             )
-        dtype = _DTYPE_NAMES.get(t.dtype) or _torch_name(t.dtype)
-        if dtype not in _ITEMSIZE:
+        dtype = dtype_name(t.dtype)
+        if dtype not in ITEMSIZE:
             raise BlobError(f"cannot store {hint!r}: safetensors has no dtype {t.dtype}", self.file)
         if t.is_cpu:
             device = "cpu"
@@ -481,7 +361,7 @@ class BlobWriter:
         # Conjugate and negative views hold other values than their storage: they are
         # resolved when written, into an entry of their own. Only complex tensors have
         # a conjugate bit.
-        if numel == 0 or t.is_neg() or (dtype in _COMPLEX and t.is_conj()):
+        if numel == 0 or t.is_neg() or (dtype in COMPLEX and t.is_conj()):
             return self._add_solo(("solo", id(t)), t, hint, dtype, shape, device, _TENSOR)
         storage = t.untyped_storage()
         address = storage.data_ptr()
@@ -509,7 +389,7 @@ class BlobWriter:
         end = offset + 1
         for n, s in zip(shape, stride, strict=True):
             end += (n - 1) * s
-        if end * _ITEMSIZE[dtype] > entries.nbytes[held]:
+        if end * ITEMSIZE[dtype] > entries.nbytes[held]:
             # torch.from_numpy storages can share an address and differ in size.
             return self._add_solo((where, *view), t, hint, dtype, shape, device, _TENSOR)
         ref = _ref(self.file, first.key, dtype, shape, "torch", stride, offset, device)
@@ -531,16 +411,16 @@ class BlobWriter:
     ) -> tuple[int, BlobRef]:
         """An entry holding a whole storage, first seen through ``t``."""
         key = self._unique_key(hint)
-        itemsize = _ITEMSIZE[dtype]
+        itemsize = ITEMSIZE[dtype]
         offset = t.storage_offset()
         if offset == 0 and numel * itemsize == nbytes and t.is_contiguous():
             # The tensor is the whole storage: the entry is just this tensor.
-            stored, extra = _STORED_AS.get(dtype, (dtype, 0))
+            stored, extra = STORED_AS.get(dtype, (dtype, 0))
             entry_shape = (*shape, extra) if extra else shape
             ref = _ref(self.file, key, dtype, shape, "torch", None, 0, device)
         else:
-            stored = dtype if dtype in _CODES and nbytes % itemsize == 0 else "uint8"
-            entry_shape = (nbytes // _ITEMSIZE[stored],)
+            stored = dtype if dtype in CODES and nbytes % itemsize == 0 else "uint8"
+            entry_shape = (nbytes // ITEMSIZE[stored],)
             ref = _ref(self.file, key, dtype, shape, "torch", t.stride(), offset, device)
         address = where if isinstance(where, int) else where[1]
         entry = self._entries.append(ref, stored, entry_shape, nbytes, _STORAGE, t, address)
@@ -564,8 +444,8 @@ class BlobWriter:
         if identity[0] == "solo":
             self._keepalive.append(value)
         key = self._unique_key(hint)
-        stored, extra = _STORED_AS.get(dtype, (dtype, 0))
-        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+        stored, extra = STORED_AS.get(dtype, (dtype, 0))
+        nbytes = math.prod(shape) * ITEMSIZE[dtype]
         entry_shape = (*shape, extra) if extra else shape
         kind = "numpy" if how == _ARRAY else "torch"
         ref = _ref(self.file, key, dtype, shape, kind, None, 0, device)
@@ -575,9 +455,9 @@ class BlobWriter:
 
     def _add_array(self, hint: str, value: Any) -> tuple[int, BlobRef]:
         dtype = value.dtype.name
-        if dtype not in _NUMPY_NAMES:
+        if dtype not in NUMPY_NAMES:
             raise BlobError(
-                f"cannot store {hint!r}: expected a numpy dtype among {sorted(_NUMPY_NAMES)}, "
+                f"cannot store {hint!r}: expected a numpy dtype among {sorted(NUMPY_NAMES)}, "
                 f"found {value.dtype}",
                 self.file,
             )
@@ -634,7 +514,7 @@ class BlobWriter:
                     fd = f.fileno()
                     self._stream(functools.partial(_writev, fd), order, sums)
                     os.fsync(fd)
-                _fsync_dir(os.path.dirname(path))
+                _fs.fsync_dir(os.path.dirname(path))
             else:
                 parent = fs._parent(path)
                 if parent:
@@ -666,9 +546,8 @@ class BlobWriter:
         (``file_checksum``), so that a checkpoint manifest can list the file without
         reading it back.
         """
-        whole = xxhash.xxh3_64()
+        whole = _fs.hasher()
         sizes = self._entries.nbytes
-        digest = xxhash.xxh3_64_hexdigest
         types: dict[int, Any] = {}  # ctypes array types by size, for views of CPU memory
         header = _header(self._entries, order)
         size = len(header) + sum(sizes)
@@ -690,7 +569,7 @@ class BlobWriter:
                 nbytes = sizes[i]
                 if nbytes < _THREAD_HASH_MIN:
                     data = self._bytes_of(i, types)[0]
-                    sums[i] = "xxh3-64:" + digest(data)
+                    sums[i] = checksum(data)
                     batch.append(data)
                     batch_bytes += nbytes
                     if len(batch) >= _BATCH_ENTRIES or batch_bytes >= _BATCH_BYTES:
@@ -712,7 +591,7 @@ class BlobWriter:
                 flush(last)
             for i, future in pending:
                 sums[i] = future.result()
-        self.file_checksum = "xxh3-64:" + whole.hexdigest()
+        self.file_checksum = _fs.digest(whole)
         self.written_bytes = size
 
     def _bytes_of(self, i: int, types: dict[int, Any]) -> tuple[Any, bool]:
@@ -819,7 +698,7 @@ def _header(entries: _Entries, order: Sequence[int]) -> bytearray:
         middle = middles.get(kind)
         if middle is None:
             dims = ",".join(map(str, kind[1]))
-            middle = middles[kind] = f'"dtype":"{_CODES[kind[0]]}","shape":[{dims}],'
+            middle = middles[kind] = f'"dtype":"{CODES[kind[0]]}","shape":[{dims}],'
         end = position + sizes[i]
         out += f',{quote(first[i].key)}:{{{middle}"data_offsets":[{position},{end}]}}'.encode()
         position = end
@@ -897,14 +776,6 @@ def _chunked(write: Callable[[Any], object]) -> Callable[[Any], None]:
     return chunked
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _is_tensor(value: object) -> bool:
     # torch is already imported wherever a tensor exists; never import it just to check.
     torch = sys.modules.get("torch")
@@ -914,15 +785,6 @@ def _is_tensor(value: object) -> bool:
 def _is_ndarray(value: object) -> bool:
     np = sys.modules.get("numpy")
     return np is not None and isinstance(value, np.ndarray)
-
-
-def _torch_name(dtype: torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    _DTYPE_NAMES[dtype] = name
-    return name
-
-
-_DTYPE_NAMES: dict[Any, str] = {}  # torch.dtype -> name, filled as dtypes are seen
 
 
 # ---------------------------------------------------------------------------------------
@@ -971,10 +833,9 @@ class BlobReader:
         self._lock = threading.RLock()
         self._entries: dict[str, _Info] | None = None
         self._metadata: dict[str, str] = {}
-        # The header as read, before (or instead of) parsing it whole: (JSON text, where
-        # the data starts, file size), and how many entries were looked up in it alone.
+        # The header as read, before it is parsed: (JSON text, where the data starts,
+        # file size).
         self._text: tuple[bytes, int, int] | None = None
-        self._scans = 0
         self._mmap: mmap.mmap | None = None
         self._view: memoryview | None = None  # of the whole mapping, for checksums
         self._fetched: dict[str, bytearray] = {}  # remote entries, by key
@@ -1038,7 +899,7 @@ class BlobReader:
                 ref.key,
             )
         with self._lock:
-            info = self._entry(ref.key)
+            info = self._header().get(ref.key)
             if info is None:
                 entries = self._header()
                 near = difflib.get_close_matches(ref.key, list(entries), n=1)
@@ -1051,10 +912,8 @@ class BlobReader:
             if ref.kind == "numpy":
                 device: Any = None
                 place = "numpy"
-            elif map_location is None and ref.device == "cpu":
-                device, place = _cpu(), "cpu"
             else:
-                device = _target_device(ref.device, map_location)
+                device = target_device(ref.device, map_location)
                 place = str(device)
             found_key = (ref.key, ref.dtype, ref.shape, ref.stride, ref.offset, place)
             found = self._results.get(found_key)
@@ -1081,22 +940,6 @@ class BlobReader:
                     self._entries = self._parse_header(text, data_start, size)
                 entries = self._entries
         return entries
-
-    def _entry(self, key: str) -> _Info | None:
-        """The header's entry ``key`` (lock held), without parsing the header whole.
-
-        Opening a checkpoint to read one tensor should not cost a parse of ten
-        thousand entries, so the first few lookups find their entry in the text as
-        this module writes it; anything else, and every lookup after those, gets the
-        whole header parsed and checked.
-        """
-        if self._entries is None and self._scans < _SCANS:
-            self._scans += 1
-            text, data_start, size = self._raw_header()
-            found = _scan_entry(text, key)
-            if found is not None:
-                return self._check_entry(key, found, data_start, size)
-        return self._header().get(key)
 
     def _raw_header(self) -> tuple[bytes, int, int]:
         """The JSON header, where the data starts and the file size; maps a local file."""
@@ -1179,8 +1022,8 @@ class BlobReader:
     def _check_entry(self, key: str, spec: Any, data_start: int, size: int) -> _Info:
         try:
             code, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
-            dtype = _NAME_OF_CODE[code]
-            nbytes = _ITEMSIZE[dtype]
+            dtype = NAME_OF_CODE[code]
+            nbytes = ITEMSIZE[dtype]
             for n in shape:
                 if type(n) is not int or n < 0:
                     raise TypeError
@@ -1209,8 +1052,8 @@ class BlobReader:
         """Say precisely what is wrong with an entry the fast path refused."""
         if not isinstance(spec, dict):
             msg = f"expected an object with dtype, shape and data_offsets, found {spec!r}"
-        elif spec.get("dtype") not in _NAME_OF_CODE:
-            msg = f"expected a dtype among {sorted(_NAME_OF_CODE)}, found {spec.get('dtype')!r}"
+        elif spec.get("dtype") not in NAME_OF_CODE:
+            msg = f"expected a dtype among {sorted(NAME_OF_CODE)}, found {spec.get('dtype')!r}"
         elif not isinstance(spec.get("shape"), list) or not all(
             _is_int(n) and n >= 0 for n in spec["shape"]
         ):
@@ -1263,19 +1106,19 @@ class BlobReader:
     def _check_fit(self, ref: BlobRef, info: _Info) -> None:
         """The ref's view must lie within the entry (a ref is data from a file)."""
         if ref.stride is None:
-            stored, extra = _STORED_AS.get(ref.dtype, (ref.dtype, 0))
+            stored, extra = STORED_AS.get(ref.dtype, (ref.dtype, 0))
             shape = (*ref.shape, extra) if extra else ref.shape
             if stored != info.dtype or shape != info.shape:
                 raise BlobError(
-                    f"expected {_CODES[stored]} {list(shape)} for a {ref.dtype} ref, "
-                    f"found {_CODES[info.dtype]} {list(info.shape)}",
+                    f"expected {CODES[stored]} {list(shape)} for a {ref.dtype} ref, "
+                    f"found {CODES[info.dtype]} {list(info.shape)}",
                     self.file,
                     ref.key,
                 )
         elif math.prod(ref.shape) > 0:
             nbytes = info.end - info.start
             last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
-            reach = (last + 1) * _ITEMSIZE[ref.dtype]
+            reach = (last + 1) * ITEMSIZE[ref.dtype]
             if reach > nbytes:
                 raise BlobError(
                     f"expected a view within the entry's {nbytes} bytes, found shape "
@@ -1324,7 +1167,7 @@ class BlobReader:
     def _array(self, ref: BlobRef, info: _Info) -> np.ndarray[Any, Any]:
         import numpy as np
 
-        if ref.dtype not in _NUMPY_NAMES:  # never let np.dtype() see another string
+        if ref.dtype not in NUMPY_NAMES:  # never let np.dtype() see another string
             raise BlobError(f"numpy has no dtype {ref.dtype!r}", self.file, ref.key)
         dtype = np.dtype(ref.dtype).newbyteorder("<")
         nbytes = info.end - info.start
@@ -1373,37 +1216,6 @@ class BlobReader:
         return tensor
 
 
-# Lookups a reader answers from the header text before it parses the header whole.
-_SCANS = 16
-_SCAN_DECODER = json.JSONDecoder()
-
-
-def _scan_entry(text: bytes, key: str) -> dict[str, Any] | None:
-    """The spec of entry ``key`` in a header as :class:`BlobWriter` writes it, or None.
-
-    The writer puts each entry as ``,"<key>":{"dtype":...`` with no spaces. The quoted
-    key must occur exactly once in the header, and the header must hold no backslash:
-    JSON keeps the last of equal keys, and ``"\\u0061"`` or ``"a" :`` name the same key
-    as ``"a":``, so only without escapes does the text show every spelling of a key.
-    None means: parse the header whole (another writer's layout, a key with escapes, a
-    duplicate, or no such entry).
-    """
-    if b"\\" in text:
-        return None
-    quoted = json.encoder.encode_basestring_ascii(key).encode()
-    at = text.find(quoted)
-    if at < 1 or text.find(quoted, at + 1) >= 0 or text[at - 1 : at] != b",":
-        return None
-    if not text.startswith(b':{"dtype":', at + len(quoted)):
-        return None
-    start = at + len(quoted) + 1
-    try:
-        spec, _ = _SCAN_DECODER.raw_decode(text[start : start + 4096].decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return spec if isinstance(spec, dict) and len(spec) == 3 else None
-
-
 def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
     stride, step = [], 1
     for n in reversed(shape):
@@ -1423,58 +1235,10 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-@functools.cache
-def _torch_dtypes() -> dict[str, torch.dtype]:
-    """Our dtype names that this torch has; looked up by our own constant names only."""
-    import torch
-
-    return {name: getattr(torch, name) for name in _ITEMSIZE if hasattr(torch, name)}
-
-
 def _torch_dtype(name: str, file: str, key: str) -> torch.dtype:
-    dtype = _torch_dtypes().get(name)
+    dtype = torch_dtype(name)
     if dtype is None:
         import torch
 
         raise BlobError(f"this torch ({torch.__version__}) has no dtype {name}", file, key)
     return dtype
-
-
-@functools.cache
-def _cpu() -> torch.device:
-    import torch
-
-    return torch.device("cpu")
-
-
-@functools.lru_cache(maxsize=64)
-def _saved_device(name: str) -> torch.device:
-    """The device a tensor was saved from if this process has it, else the CPU."""
-    import torch
-
-    try:
-        saved = torch.device(name)
-    except RuntimeError:
-        return _cpu()
-    index = saved.index or 0
-    if saved.type == "cpu":
-        return saved
-    if saved.type == "cuda":
-        available = torch.cuda.is_available() and index < torch.cuda.device_count()
-    else:
-        accelerator = getattr(torch, "accelerator", None)
-        current = accelerator.current_accelerator() if accelerator is not None else None
-        available = (
-            current is not None
-            and current.type == saved.type
-            and index < accelerator.device_count()  # type: ignore[union-attr]
-        )
-    return saved if available else _cpu()
-
-
-def _target_device(saved: str, map_location: str | torch.device | None) -> torch.device:
-    import torch
-
-    if map_location is None:
-        return _saved_device(saved)
-    return torch.device(map_location)

@@ -12,7 +12,7 @@
 ``hyperstate convert SRC DST``     import a ``torch.save`` / safetensors / DCP checkpoint, or
                                    export a checkpoint's tensors to a safetensors file
 ``hyperstate set RUN_DIR p=v``     live edits of a running experiment (:mod:`hyperstate.edits`)
-``hyperstate schema ...``          schema evolution (:mod:`hyperstate.schema.cli`)
+``hyperstate schema ...``          schema evolution (:mod:`hyperstate.tools.schema_cli`)
 =================================  ===========================================================
 
 Every path may be an fsspec URL. Commands exit with 0 on success and print
@@ -37,19 +37,19 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import hyperstate
 from hyperstate.errors import HyperstateError, ParseError
-from hyperstate.schema import cli as schema_cli
+from hyperstate.tools import schema_cli
 
 if TYPE_CHECKING:
-    from hyperstate.blobs import BlobReader
     from hyperstate.schedule import Schedule
     from hyperstate.storage import CheckpointInfo
+    from hyperstate.tensors.safetensors import BlobReader
 
 __all__ = ["main"]
 
 _PNG_HINT = "pip install 'hyperstate[plot]'"
 
 
-class _Failure(Exception):
+class _CommandError(Exception):
     """A command cannot do what was asked; the message is the one-line reason."""
 
 
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `hyperstate show ... | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the exit flush is quiet
         return 1
-    except (_Failure, HyperstateError, OSError, ValueError, ImportError) as e:
+    except (_CommandError, HyperstateError, OSError, ValueError, ImportError) as e:
         print(_error_text(args.group, e), file=sys.stderr)
         return 1
 
@@ -363,53 +363,51 @@ def _join(url: str, name: str) -> str:
 def _target(path: str, step: int | None, prefix: str, *, committed: bool = False) -> _Target:
     """Resolve a checkpoint directory, a run directory or a .ron file."""
     from hyperstate import _fs
-    from hyperstate.storage import COMMITTED, CheckpointInfo, CheckpointStore, Manifest
+    from hyperstate.storage import (
+        COMMITTED,
+        CONFIG_FILE,
+        STATE_FILE,
+        CheckpointStore,
+        checkpoint_at,
+    )
+
+    def documents(info: CheckpointInfo) -> dict[str, str]:
+        files = info.manifest.files
+        return {
+            name.removesuffix(".ron"): _join(info.path, name)
+            for name in (CONFIG_FILE, STATE_FILE)
+            if name in files
+        }
 
     fs, fs_path = _fs.url_to_fs(path)
     url = path.rstrip("/") or path
     if fs.isfile(fs_path):
         if committed or not path.endswith(".ron"):
-            raise _Failure(f"{path}: expected a checkpoint directory or a run directory")
+            raise _CommandError(f"{path}: expected a checkpoint directory or a run directory")
         stem = os.path.basename(fs_path).rsplit(".", 1)[0]
-        return _Target(path, _parent(url), {stem: path}, None)
+        return _Target(path, _fs.split_url(url)[0], {stem: path}, None)
     if not fs.isdir(fs_path):
-        raise _Failure(f"{path}: no such file or directory")
-    marker = _join(fs_path, COMMITTED)
-    if fs.exists(marker):
+        raise _CommandError(f"{path}: no such file or directory")
+    info = checkpoint_at(url)
+    if info is not None:
         if step is not None:
-            raise _Failure(f"{path} is a checkpoint; --step is for a run directory")
-        text = fs.cat_file(marker).decode("utf-8", "replace")
-        manifest = Manifest.loads(text, _join(url, COMMITTED))
-        info = CheckpointInfo(manifest.number, url, manifest)
-        docs = {
-            n: _join(url, f"{n}.ron") for n in ("config", "state") if f"{n}.ron" in manifest.files
-        }
-        return _Target(url, url, docs, info)
-    present = {n for n in ("config", "state") if fs.exists(_join(fs_path, f"{n}.ron"))}
+            raise _CommandError(f"{path} is a checkpoint; --step is for a run directory")
+        return _Target(url, url, documents(info), info)
+    present = [n for n in (CONFIG_FILE, STATE_FILE) if fs.exists(_join(fs_path, n))]
     if present and step is None:
         if committed:
-            raise _Failure(
+            raise _CommandError(
                 f"{path} is not committed (no {COMMITTED}): a save in progress, or one that crashed"
             )
         print(f"hyperstate: warning: {path} is not committed (no {COMMITTED})", file=sys.stderr)
-        return _Target(url, url, {n: _join(url, f"{n}.ron") for n in sorted(present)}, None)
+        docs = {n.removesuffix(".ron"): _join(url, n) for n in sorted(present)}
+        return _Target(url, url, docs, None)
     store = CheckpointStore(url, prefix=prefix)
     found = store.get(step) if step is not None else store.latest()
     if found is None:
         which = f"checkpoint {step}" if step is not None else "committed checkpoint"
-        raise _Failure(f"no {which} in {path}")
-    docs = {
-        n: _join(found.path, f"{n}.ron")
-        for n in ("config", "state")
-        if f"{n}.ron" in found.manifest.files
-    }
-    return _Target(found.path, found.path, docs, found)
-
-
-def _parent(url: str) -> str:
-    if "://" in url:
-        return url.rpartition("/")[0]
-    return os.path.dirname(os.path.abspath(url))
+        raise _CommandError(f"no {which} in {path}")
+    return _Target(found.path, found.path, documents(found), found)
 
 
 def _read_tree(url: str) -> Any:
@@ -424,20 +422,22 @@ def _read_tree(url: str) -> Any:
 
 def _cmd_ls(args: argparse.Namespace) -> int:
     from hyperstate import _fs
-    from hyperstate.storage import CheckpointStore, RetentionPolicy
+    from hyperstate.storage import CheckpointStore, RetentionPolicy, read_metric
 
     policy = RetentionPolicy(args.keep_last, args.keep_every, args.keep_best, args.mode)
     if args.keep_best is not None and not args.best_field:
-        raise _Failure("--keep-best needs --best-field (a numeric state field, e.g. eval.loss)")
+        raise _CommandError(
+            "--keep-best needs --best-field (a numeric state field, e.g. eval.loss)"
+        )
     store = CheckpointStore(args.run_dir, prefix=args.prefix)
     fs, fs_path = _fs.url_to_fs(args.run_dir)
     if not fs.isdir(fs_path):
-        raise _Failure(f"{args.run_dir}: no such directory")
+        raise _CommandError(f"{args.run_dir}: no such directory")
     infos = store.list()
     numbers = [i.number for i in infos]
     metrics = None
     if args.keep_best is not None:
-        metrics = {i.number: _metric(i, args.best_field) for i in infos}
+        metrics = {i.number: read_metric(i, args.best_field) for i in infos}
     kept = set(policy.keep(numbers, metrics))
     rows: list[dict[str, Any]] = []
     for info in infos:
@@ -500,20 +500,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metric(info: CheckpointInfo, field: str) -> float:
-    from hyperstate.convert import ConvertError, resolve, tensor_info
-
-    try:
-        node = resolve(_read_tree(_join(info.path, "state.ron")), field)
-    except ConvertError:
-        return math.nan
-    tensor = tensor_info(node)
-    value = tensor.value if tensor is not None and tensor.inline else node
-    return float(value) if isinstance(value, int | float) else math.nan
-
-
 def _size(nbytes: int) -> str:
-    from hyperstate.convert import format_size
+    from hyperstate.tools.convert import format_size
 
     return format_size(nbytes)
 
@@ -523,12 +511,12 @@ def _size(nbytes: int) -> str:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from hyperstate.convert import ConvertError, iter_tensors, parse_path, resolve
+    from hyperstate.tools.convert import ConvertError, iter_tensors, parse_path, resolve
 
     target = _target(args.ckpt, args.step, args.prefix)
     trees = {name: _read_tree(url) for name, url in target.files.items()}
     if not trees:
-        raise _Failure(f"{target.label} has no config.ron or state.ron")
+        raise _CommandError(f"{target.label} has no config.ron or state.ron")
     if args.field:
         found: dict[str, Any] = {}
         errors: list[str] = []
@@ -545,7 +533,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 except ConvertError:
                     pass
         if not found:
-            raise _Failure(f"no field {args.field} in {target.label} ({'; '.join(errors)})")
+            raise _CommandError(f"no field {args.field} in {target.label} ({'; '.join(errors)})")
         if args.json:
             _print_json({name: _json_tree(node) for name, node in found.items()})
             return 0
@@ -580,7 +568,7 @@ _LIST_PREVIEW = 6
 def _tree_lines(node: Any, label: str | None, depth: int, paint: _Paint) -> Iterator[str]:
     """The lines that show ``node`` (and what is under it), indented by ``depth``."""
     from hyperstate import ron
-    from hyperstate.convert import children, is_container, tensor_info, type_name
+    from hyperstate.tools.convert import children, is_container, tensor_info, type_name
 
     lead = "  " * depth + (paint(str(label), "key") + ": " if label is not None else "")
     info = tensor_info(node)
@@ -635,7 +623,7 @@ def _json_tree(node: Any) -> Any:
     """A value tree as JSON: structs as objects (names dropped), tensors as
     ``{"__tensor__": {...}}``, non-finite floats as strings."""
     from hyperstate import ron
-    from hyperstate.convert import children, is_container, tensor_info
+    from hyperstate.tools.convert import children, is_container, tensor_info
 
     info = tensor_info(node)
     if info is not None:
@@ -677,11 +665,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     if args.all:
         if args.step is not None:
-            raise _Failure("--all and --step exclude each other")
+            raise _CommandError("--all and --step exclude each other")
         store = CheckpointStore(args.ckpt, prefix=args.prefix)
         checks = [(store, info) for info in store.list()]
         if not checks:
-            raise _Failure(f"no committed checkpoint in {args.ckpt}")
+            raise _CommandError(f"no committed checkpoint in {args.ckpt}")
     else:
         info = _target(args.ckpt, args.step, args.prefix, committed=True).info
         assert info is not None
@@ -786,7 +774,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     else:
         shared = [n for n in a.files if n in b.files]
         if not shared:
-            raise _Failure(f"nothing to compare: {a.label} and {b.label} share no .ron file")
+            raise _CommandError(f"nothing to compare: {a.label} and {b.label} share no .ron file")
         pairs = [(n, a.files[n], b.files[n]) for n in shared]
     changes: list[_Change] = []
     for name, url_a, url_b in pairs:
@@ -828,9 +816,9 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _diff(a: Any, b: Any, path: list[Any], out: list[_Change]) -> None:
-    from hyperstate.convert import children, format_path, is_container, tensor_info, type_name
+    from hyperstate.tools.convert import children, dotted_name, is_container, tensor_info, type_name
 
-    where = format_path(path)
+    where = dotted_name(path)
     ta, tb = tensor_info(a), tensor_info(b)
     if ta is not None or tb is not None:
         if ta is None or tb is None or _tensor_key(ta, a) != _tensor_key(tb, b):
@@ -845,10 +833,10 @@ def _diff(a: Any, b: Any, path: list[Any], out: list[_Change]) -> None:
             if seg in kids_b:
                 _diff(child, kids_b[seg], [*path, seg], out)
             else:
-                out.append(_Change(format_path([*path, seg]), "removed", child, None))
+                out.append(_Change(dotted_name([*path, seg]), "removed", child, None))
         for seg, child in kids_b.items():
             if seg not in kids_a:
-                out.append(_Change(format_path([*path, seg]), "added", None, child))
+                out.append(_Change(dotted_name([*path, seg]), "added", None, child))
         return
     if not _same_leaf(a, b):
         out.append(_Change(where, "changed", a, b))
@@ -886,7 +874,7 @@ def _same_leaf(a: Any, b: Any) -> bool:
 
 
 def _change_text(a: Any, b: Any) -> str:
-    from hyperstate.convert import tensor_info
+    from hyperstate.tools.convert import tensor_info
 
     ta, tb = tensor_info(a), tensor_info(b)
     if ta is not None and tb is not None and not ta.inline and ta.describe() == tb.describe():
@@ -896,7 +884,7 @@ def _change_text(a: Any, b: Any) -> str:
 
 
 def _brief(node: Any) -> str:
-    from hyperstate.convert import children, is_container, tensor_info, type_name
+    from hyperstate.tools.convert import children, is_container, tensor_info, type_name
 
     info = tensor_info(node)
     if info is not None:
@@ -924,7 +912,7 @@ def _max_abs_diff(
     readers: tuple[dict[str, BlobReader], dict[str, BlobReader]],
 ) -> float | None:
     """The largest absolute elementwise difference of two tensors of the same shape."""
-    from hyperstate.convert import read_tensor, tensor_info
+    from hyperstate.tools.convert import read_tensor, tensor_info
 
     ta, tb = tensor_info(a), tensor_info(b)
     if ta is None or tb is None or ta.shape != tb.shape:
@@ -952,9 +940,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     if end == start and args.end is None:
         end = start + 1
     if end <= start:
-        raise _Failure(f"expected --to greater than {_num(start)}, found {_num(end)}")
+        raise _CommandError(f"expected --to greater than {_num(start)}, found {_num(end)}")
     if args.points < 2 or args.width < 8 or args.height < 3:
-        raise _Failure("expected --points >= 2, --width >= 8 and --height >= 3")
+        raise _CommandError("expected --points >= 2, --width >= 8 and --height >= 3")
     xs = [start + (end - start) * i / (args.points - 1) for i in range(args.points)]
     values = [(x, schedule.value_at(x)) for x in xs]
     if args.png:
@@ -1037,7 +1025,7 @@ def _write_png(schedule: Schedule, start: float, end: float, path: str) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise _Failure(f"--png needs matplotlib: {_PNG_HINT}") from None
+        raise _CommandError(f"--png needs matplotlib: {_PNG_HINT}") from None
     samples = 400
     xs = [start + (end - start) * i / (samples - 1) for i in range(samples)]
     figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="tight")
@@ -1056,21 +1044,21 @@ def _write_png(schedule: Schedule, start: float, end: float, path: str) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from hyperstate.convert import detect_format, export_safetensors, import_checkpoint
+    from hyperstate.tools.convert import detect_format, export_safetensors, import_checkpoint
 
     fmt = detect_format(args.src) if args.format == "auto" else args.format
     if fmt == "hyperstate":
         target = _target(args.src, args.step, args.prefix)
         if "state" not in target.files:
-            raise _Failure(f"{target.label} has no state.ron")
+            raise _CommandError(f"{target.label} has no state.ron")
         names = export_safetensors(target.directory, args.dst, select=args.select)
         n = len(names)
         print(f"wrote {n} tensor{'s' if n != 1 else ''} from {target.label} to {args.dst}")
         return 0
     if args.select:
-        raise _Failure("--select is for exporting a hyperstate checkpoint")
+        raise _CommandError("--select is for exporting a hyperstate checkpoint")
     if args.as_fields and args.field != "model":
-        raise _Failure("--as-fields and --field exclude each other")
+        raise _CommandError("--as-fields and --field exclude each other")
     info = import_checkpoint(
         args.src,
         args.dst,

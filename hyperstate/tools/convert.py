@@ -39,13 +39,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from hyperstate import _fs, ron
-from hyperstate.blobs import _ITEMSIZE, BlobReader, BlobRef, BlobWriter
-from hyperstate.errors import HyperstateError
-from hyperstate.manager import blob_file
+from hyperstate.distributed.collectives import Ranks
+from hyperstate.distributed.save import CheckpointSave
+from hyperstate.errors import ConvertError
 from hyperstate.ron import Some, Struct, TupleStruct
 from hyperstate.serde import did_you_mean, encode_plain
-from hyperstate.state import _INLINE_DTYPES, writing_blobs
-from hyperstate.storage import COMMITTED, CheckpointInfo, CheckpointStore
+from hyperstate.storage import (
+    COMMITTED,
+    CONFIG_FILE,
+    STATE_FILE,
+    CheckpointInfo,
+    CheckpointStore,
+    checkpoint_at,
+)
+from hyperstate.tensors import codec
+from hyperstate.tensors.dtypes import ITEMSIZE
+from hyperstate.tensors.safetensors import BlobReader, BlobRef, BlobWriter
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +68,7 @@ __all__ = [
     "children",
     "detect_format",
     "export_safetensors",
-    "format_path",
+    "dotted_name",
     "format_size",
     "import_checkpoint",
     "is_container",
@@ -82,12 +91,7 @@ Format = Literal["hyperstate", "dcp", "torch", "safetensors"]
 Segment = str | int
 """A step into a value tree: a struct field or string map key, or a list index or int key."""
 
-_BLOB_FILE = blob_file(0)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class ConvertError(HyperstateError):
-    """A file that cannot be imported or exported as asked, or a field path not found."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ def tensor_info(value: Any) -> TensorInfo | None:
     device = fields.get("device")
     device = device if isinstance(device, str) and device != "cpu" else None
     if name in ("Tensor", "Array") and "value" in fields and "file" not in fields:
-        return TensorInfo(name, dtype, (), _ITEMSIZE.get(dtype), None, fields["value"], True)
+        return TensorInfo(name, dtype, (), ITEMSIZE.get(dtype), None, fields["value"], True)
     shape = fields.get("shape")
     if not isinstance(shape, tuple | list) or not all(type(n) is int and n >= 0 for n in shape):
         return None
@@ -162,7 +166,7 @@ def tensor_info(value: Any) -> TensorInfo | None:
     known = name in ("Tensor", "Array") and "file" in fields and "key" in fields
     if not (known or "Tensor" in name or "Array" in name or isinstance(shards, list)):
         return None
-    itemsize = _ITEMSIZE.get(dtype)
+    itemsize = ITEMSIZE.get(dtype)
     checksum = fields.get("checksum")
     return TensorInfo(
         kind=name,
@@ -236,8 +240,14 @@ def type_name(value: Any) -> str | None:
     return None
 
 
-def format_path(path: tuple[Segment, ...] | list[Segment]) -> str:
-    """``("optimizer", "state", 0, "exp_avg")`` -> ``optimizer.state[0].exp_avg``."""
+def dotted_name(path: tuple[Segment, ...] | list[Segment]) -> str:
+    """The flat name of a tensor (or node) by its path: ``("optimizer", "state", 0,
+    "exp_avg")`` -> ``optimizer.state[0].exp_avg``.
+
+    Unlike :func:`hyperstate.errors.format_path`, map keys are joined as they are, so a
+    state dict's ``fc.weight`` under ``model`` is named ``model.fc.weight``, the name
+    ``load_state_dict`` expects of an exported file.
+    """
     out = ""
     for seg in path:
         if type(seg) is int:
@@ -292,7 +302,7 @@ def resolve(tree: Any, path: str | list[Segment]) -> Any:
             if found is not None:
                 break
         if found is None:
-            where = format_path(done) or "the top level"
+            where = dotted_name(done) or "the top level"
             names = [str(s) for s, _ in kids]
             if not kids:
                 raise ConvertError(f"{where} has no fields (it is a value), so no {segments[i]!r}")
@@ -345,86 +355,33 @@ def format_size(nbytes: int) -> str:
 
 
 def blob_ref(node: Struct) -> BlobRef:
-    """The :class:`~hyperstate.blobs.BlobRef` of a ``Tensor(file: ...)``/``Array(...)`` node."""
-    fields = node.fields
-    try:
-        return BlobRef(
-            file=str(fields["file"]),
-            key=str(fields["key"]),
-            dtype=str(fields["dtype"]),
-            shape=tuple(int(s) for s in fields["shape"]),
-            kind="torch" if node.name == "Tensor" else "numpy",
-            stride=tuple(int(s) for s in fields["stride"]) if "stride" in fields else None,
-            offset=int(fields.get("offset", 0)),
-            checksum=str(fields.get("checksum", "")),
-            device=str(fields.get("device", "cpu")),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConvertError(f"malformed blob reference {node!r}: {e}") from None
+    """The :class:`~hyperstate.tensors.safetensors.BlobRef` of a ``Tensor(file: ...)`` or
+    ``Array(...)`` record (see :func:`hyperstate.tensors.codec.ref_of`)."""
+    return codec.ref_of(node, ())
 
 
 def read_tensor(directory: str, node: Struct, readers: dict[str, BlobReader]) -> torch.Tensor:
-    """Read the tensor a reference node points to (on the CPU, checksum verified).
+    """Read the tensor a record points to (on the CPU, checksum verified), whole.
 
     ``directory`` is the directory of the ``state.ron`` the node comes from; ``readers``
-    caches one :class:`~hyperstate.blobs.BlobReader` per blob file between calls. Numpy
-    arrays come back as tensors that share their memory.
+    caches one :class:`~hyperstate.tensors.safetensors.BlobReader` per blob file between
+    calls. Numpy arrays come back as tensors that share their memory.
     """
     import torch
 
-    info = tensor_info(node)
-    if info is None:
-        raise ConvertError(f"expected a tensor reference, found {node!r}")
-    if info.inline:
-        if info.dtype not in _INLINE_DTYPES:
-            raise ConvertError(
-                f"expected an inline dtype among {_INLINE_DTYPES}, found {info.dtype}"
-            )
-        return torch.tensor(info.value, dtype=getattr(torch, info.dtype))
-    shards = node.fields.get("shards")
-    if isinstance(shards, list) and "file" not in node.fields:
-        return _read_sharded(directory, node, info, shards, readers)
-    if node.name not in ("Tensor", "Array") or "file" not in node.fields:
+    if not codec.is_record(node):
+        if tensor_info(node) is None:
+            raise ConvertError(f"expected a tensor reference, found {node!r}")
         raise ConvertError(f"cannot read a {node.name} reference with this version of hyperstate")
-    ref = blob_ref(node)
-    reader = readers.get(ref.file)
-    if reader is None:
-        reader = readers[ref.file] = BlobReader(directory, ref.file)
-    value = reader.read(ref, map_location="cpu")
-    if isinstance(value, torch.Tensor):
-        return value
-    return torch.from_numpy(value)
 
+    def reader_of(file: str) -> BlobReader:
+        reader = readers.get(file)
+        if reader is None:
+            reader = readers[file] = BlobReader(directory, file)
+        return reader
 
-def _read_sharded(
-    directory: str,
-    node: Struct,
-    info: TensorInfo,
-    shards: list[Any],
-    readers: dict[str, BlobReader],
-) -> torch.Tensor:
-    """A tensor saved as shards, ``Tensor(dtype, shape, shards: [Shard(at: ..., file: ...,
-    key: ...), ...])``, read whole: each shard is copied to its offset ``at``."""
-    import torch
-
-    if info.dtype not in _ITEMSIZE or not hasattr(torch, info.dtype):
-        raise ConvertError(f"cannot read a sharded tensor of dtype {info.dtype!r}")
-    whole = torch.empty(info.shape, dtype=getattr(torch, info.dtype))  # a fixed-table name
-    covered = 0
-    for shard in shards:
-        at = shard.fields.get("at") if type(shard) is Struct else None
-        if not isinstance(at, tuple | list) or len(at) != len(info.shape):
-            raise ConvertError(
-                f"expected Shard(at: <offsets>, file: ..., key: ...), found {shard!r}"
-            )
-        fields = {"dtype": info.dtype, **{k: v for k, v in shard.fields.items() if k != "at"}}
-        part = read_tensor(directory, Struct("Tensor", fields), readers)
-        index = tuple(slice(int(a), int(a) + n) for a, n in zip(at, part.shape, strict=True))
-        whole[index] = part
-        covered += part.numel()
-    if covered != whole.numel():
-        raise ConvertError(f"the shards cover {covered} of {whole.numel()} elements")
-    return whole
+    value = codec.read(node, (), reader_of, map_location="cpu")
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,7 +399,7 @@ def detect_format(path: str) -> Format:
     fs, fs_path = _fs.url_to_fs(path)
     fs_path = fs_path.rstrip("/") or "/"
     if fs.isdir(fs_path):
-        if fs.exists(f"{fs_path}/{COMMITTED}") or CheckpointStore(path).latest() is not None:
+        if checkpoint_at(path) is not None or CheckpointStore(path).latest() is not None:
             return "hyperstate"
         if fs.exists(f"{fs_path}/.metadata"):
             return "dcp"
@@ -711,23 +668,18 @@ def write_checkpoint(
         config_text = "Config()\n"
     else:
         ron.loads(config_text, path="config.ron")  # refuse a config that does not parse
+
+    def encode() -> Struct:
+        values = {}
+        for name, value in fields.items():
+            encoded = encode_plain(value, (name,))
+            values[name] = Struct("Module", {"state": encoded}) if stateful else encoded
+        return Struct("State", values)
+
     store = CheckpointStore(os.fspath(run_dir), prefix=prefix)
-    pending = store.begin(number)
-    try:
-        with writing_blobs(pending.path, _BLOB_FILE) as flush:
-            values = {}
-            for name, value in fields.items():
-                encoded = encode_plain(value, (name,))
-                values[name] = Struct("Module", {"state": encoded}) if stateful else encoded
-        pending.write_file("config.ron", config_text.encode("utf-8"))
-        if flush():
-            pending.record(_BLOB_FILE, size=flush.file_size, checksum=flush.file_checksum)
-        text = ron.dumps(Struct("State", values)) + "\n"
-        pending.write_file("state.ron", text.encode("utf-8"))
-        return pending.commit()
-    except BaseException:
-        pending.abort()
-        raise
+    save = CheckpointSave(Ranks.alone(), store, number)
+    save.prepare(encode)
+    return save.finish({CONFIG_FILE: config_text.encode("utf-8")})
 
 
 def import_checkpoint(
@@ -772,7 +724,7 @@ def export_safetensors(
     import torch
 
     directory = os.fspath(checkpoint).rstrip("/")
-    state_path = f"{directory}/state.ron"
+    state_path = f"{directory}/{STATE_FILE}"
     tree = ron.loads(_fs.read_text(state_path), path=state_path)
     base: tuple[Segment, ...] = ()
     if select:
@@ -781,12 +733,12 @@ def export_safetensors(
     found = list(iter_tensors(tree))
     if not found:
         raise ConvertError(f"no tensors in {state_path}" + (f" under {select}" if select else ""))
-    out_dir, out_file = _split(os.fspath(dst))
+    out_dir, out_file = _fs.split_url(os.fspath(dst))
     writer = BlobWriter(out_dir, out_file)
     readers: dict[str, BlobReader] = {}
     entries: set[tuple[str, str]] = set()
     for path, _, node in found:
-        name = format_path(path or base)
+        name = dotted_name(path or base)
         tensor = read_tensor(directory, node, readers)
         if "file" in node.fields:
             entry = (str(node.fields["file"]), str(node.fields.get("key")))
@@ -797,12 +749,3 @@ def export_safetensors(
         writer.add(name, tensor)
     refs = writer.write()
     return [ref.key for ref in refs]
-
-
-def _split(path: str) -> tuple[str, str]:
-    """(directory, file name) of a local path or URL."""
-    if "://" in path:
-        directory, _, name = path.rstrip("/").rpartition("/")
-        return directory, name
-    absolute = os.path.abspath(path)
-    return os.path.dirname(absolute), os.path.basename(absolute)

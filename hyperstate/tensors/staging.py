@@ -1,0 +1,79 @@
+"""Host staging buffers for async saves: a copy of the tensors that training cannot change.
+
+An async save copies each tensor it writes into a buffer on the host (pinned for CUDA)
+before ``checkpoint()`` returns; the background thread writes from the buffers while the
+training loop moves on. Buffers are reused across saves: fresh memory costs a page fault
+per 4 KiB, which would dominate the copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Staging"]
+
+
+class Staging:
+    """Staging buffers, reused across saves, with an optional budget in bytes.
+
+    :meth:`stage` returns a copy of a tensor (a view of a copied storage, so that tied
+    tensors stay tied) or of an array; past the budget it returns the original and sets
+    :attr:`overflow`, and the caller must write before training changes it.
+    :meth:`release` gives the buffers back once written.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.staged_bytes = 0
+        self.overflow = False
+        self._pool: dict[int, list[Any]] = {}  # free buffers by size
+        self._buffers: list[Any] = []  # in use by the save being written
+        self._copies: dict[tuple[Any, ...], Any] = {}  # storage -> its copy, this save
+
+    def begin(self) -> None:
+        """Start staging one save (its budget starts at zero)."""
+        self._copies.clear()
+        self.staged_bytes = 0
+        self.overflow = False
+
+    def stage(self, obj: Any) -> Any:
+        """A copy of ``obj`` in host memory, or ``obj`` itself past the budget."""
+        import numpy as np
+        import torch
+
+        nbytes = obj.nbytes if isinstance(obj, np.ndarray) else obj.untyped_storage().nbytes()
+        if self.limit is not None and self.staged_bytes + nbytes > self.limit:
+            self.overflow = True
+            return obj
+        if isinstance(obj, np.ndarray):
+            self.staged_bytes += obj.nbytes
+            return obj.copy()
+        storage = obj.untyped_storage()
+        key = (storage.data_ptr(), storage.device, storage.nbytes())
+        copy = self._copies.get(key)
+        if copy is None:
+            free = self._pool.get(storage.nbytes())
+            buffer = (
+                free.pop()
+                if free
+                else torch.empty(
+                    storage.nbytes(),
+                    dtype=torch.uint8,
+                    pin_memory=obj.is_cuda and torch.cuda.is_available(),
+                )
+            )
+            # A blocking copy: the writer thread reads the buffer right away.
+            buffer.copy_(torch.empty(0, dtype=torch.uint8, device=obj.device).set_(storage))
+            self._buffers.append(buffer)
+            copy = self._copies[key] = buffer.untyped_storage()
+            self.staged_bytes += storage.nbytes()
+        view = torch.empty(0, dtype=obj.dtype)
+        view.set_(copy, obj.storage_offset(), obj.size(), obj.stride())
+        return view
+
+    def release(self) -> None:
+        """The staged tensors are written: their buffers go back to the pool."""
+        self._copies.clear()
+        for buffer in self._buffers:
+            self._pool.setdefault(buffer.numel(), []).append(buffer)
+        self._buffers.clear()
