@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 import hyperstate
-from hyperstate.tools.cli import main
 from hyperstate.storage import CheckpointStore
+from hyperstate.tools.cli import main
 
 HYPERSTATE = str(Path(sys.executable).with_name("hyperstate"))
 

@@ -1,4 +1,4 @@
-"""hyperstate.tools.convert: files that torch, safetensors and DCP wrote, in and out of checkpoints."""
+"""hyperstate.tools.convert: files that torch, safetensors and DCP wrote, in and out."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from torch import nn
 
 import hyperstate
 from hyperstate import ron
+from hyperstate.storage import CheckpointStore, StorageError
 from hyperstate.tools.convert import (
     ConvertError,
     detect_format,
@@ -30,7 +31,6 @@ from hyperstate.tools.convert import (
     tensor_info,
     write_checkpoint,
 )
-from hyperstate.storage import CheckpointStore, StorageError
 
 
 def dcp_save(state: dict[str, Any], directory: Path) -> None:

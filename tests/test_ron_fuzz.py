@@ -7,7 +7,6 @@ not a benchmark: every input here parses in milliseconds.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 
 import pytest

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 import hyperstate
+from hyperstate.errors import ConfigError, ParseError, StateError
 from hyperstate.tensors.safetensors import BlobError
-from hyperstate.errors import ConfigError, ParseError
-from hyperstate.errors import StateError
 
 
 @dataclass

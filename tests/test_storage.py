@@ -27,7 +27,6 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import hyperstate
 from hyperstate import _fs
-from hyperstate.tensors.safetensors import checksum
 from hyperstate.errors import HyperstateError
 from hyperstate.storage import (
     COMMITTED,
@@ -38,6 +37,7 @@ from hyperstate.storage import (
     RetryPolicy,
     StorageError,
 )
+from hyperstate.tensors.safetensors import checksum
 
 FAST = RetryPolicy(attempts=4, initial_delay=0.001, max_delay=0.005)
 

@@ -8,18 +8,27 @@ mesh, another number of ranks) and builds its local tensor from them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from hyperstate.distributed.plan import Planned
 from hyperstate.errors import StateError, ValuePath, format_path
 from hyperstate.ron import Struct
 from hyperstate.tensors.context import PartsOf
 from hyperstate.tensors.dtypes import dtype_name
 
-__all__ = ["plan_dtensor", "reshard"]
+__all__ = ["DTensorPart", "plan_dtensor", "reshard"]
 
 
-def plan_dtensor(obj: Any, where: ValuePath, index: int, placement: str) -> Planned:
+class DTensorPart(NamedTuple):
+    """What this rank holds of a ``DTensor``, for the plan of a save."""
+
+    node: Struct  # its record in the tree (the shards are filled in after the write)
+    local: Any  # the local tensor
+    placement: str  # "sharded", or the plan's placement of a replicated one
+    at: tuple[int, ...] = ()  # global offset of the local shard
+    writes: bool = True  # whether this rank writes the shard (one per set of replicas)
+
+
+def plan_dtensor(obj: Any, where: ValuePath, placement: str) -> DTensorPart:
     """A ``DTensor``: replicated, or a shard written by one of the ranks that hold it."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
@@ -32,9 +41,8 @@ def plan_dtensor(obj: Any, where: ValuePath, index: int, placement: str) -> Plan
             f"{format_path(where)} is a DTensor with placements {placements}; expected Shard "
             "or Replicate (redistribute() a Partial tensor before saving it)"
         )
-    nbytes = int(local.numel() * local.element_size())
     if all(isinstance(p, Replicate) for p in placements):
-        return Planned(Struct("Tensor", {}), local, where, placement, nbytes, index)
+        return DTensorPart(Struct("Tensor", {}), local, placement)
     mesh = obj.device_mesh
     _, offset = compute_local_shape_and_global_offset(obj.shape, mesh, placements)
     # Ranks that differ only along replicated mesh dimensions hold the same shard: the
@@ -51,7 +59,7 @@ def plan_dtensor(obj: Any, where: ValuePath, index: int, placement: str) -> Plan
     if local.device.type != "cpu":
         fields["device"] = str(local.device)
     at = tuple(int(o) for o in offset)
-    return Planned(Struct("Tensor", fields), local, where, "sharded", nbytes, index, at, writes)
+    return DTensorPart(Struct("Tensor", fields), local, "sharded", at, writes)
 
 
 def reshard(target: Any, shape: tuple[int, ...], parts: PartsOf, where: ValuePath) -> Any | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperstate import _fs
+from hyperstate.distributed.dtensor import plan_dtensor
 from hyperstate.errors import ValuePath
 from hyperstate.ron import Struct
 from hyperstate.tensors import codec
@@ -119,9 +120,20 @@ class BlobPlan:
         if kind == "numpy":
             return self._append(Planned(Struct(name, {}), obj, where, placement, obj.nbytes, index))
         if type(obj).__name__ == "DTensor":
-            from hyperstate.distributed.dtensor import plan_dtensor
-
-            return self._append(plan_dtensor(obj, where, index, placement))
+            part = plan_dtensor(obj, where, placement)
+            nbytes = int(part.local.numel() * part.local.element_size())
+            return self._append(
+                Planned(
+                    part.node,
+                    part.local,
+                    where,
+                    part.placement,
+                    nbytes,
+                    index,
+                    part.at,
+                    part.writes,
+                )
+            )
         storage = obj.untyped_storage()
         key = (storage.data_ptr(), storage.device, storage.nbytes())
         group = self._storages.setdefault(key, index) if storage.nbytes() else index
