@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperstate import ron
-from hyperstate.errors import ConfigError, Issue, PathSegment, format_path
+from hyperstate.errors import ConfigError, Issue, PathSegment, ValuePath, format_path
 from hyperstate.ron import Ident, Some, Struct
 from hyperstate.serde import ScheduleParser, did_you_mean, to_value
 from hyperstate.typeinfo import (
@@ -26,7 +26,7 @@ from hyperstate.typeinfo import (
     ListType,
     LiteralType,
     OptionType,
-    Primitive,
+    PrimitiveType,
     SchemaType,
     StructType,
     TupleType,
@@ -37,7 +37,6 @@ from hyperstate.typeinfo import (
 
 __all__ = ["Override", "apply_overrides", "apply_overrides_collect", "parse_override"]
 
-Path = tuple[PathSegment, ...]
 
 _NAME = re.compile(r"[^.\[\]=+]+")
 _INDEX = re.compile(r"\[\s*(-?\d+)\s*\]")
@@ -63,7 +62,7 @@ class Override:
 
 
 class _BadOverride(Exception):
-    def __init__(self, path: Path, message: str, hint: str | None = None) -> None:
+    def __init__(self, path: ValuePath, message: str, hint: str | None = None) -> None:
         self.path = path
         self.message = message
         self.hint = hint
@@ -131,7 +130,7 @@ def apply_overrides(
     overrides: Sequence[str],
     *,
     schedules: ScheduleParser | None = None,
-) -> tuple[Any, dict[Path, str]]:
+) -> tuple[Any, dict[ValuePath, str]]:
     """Apply ``overrides`` in order to the value tree of a ``root`` struct.
 
     With ``schedules``, a number field may be set to an unquoted schedule
@@ -156,13 +155,13 @@ def apply_overrides_collect(
     overrides: Sequence[str],
     *,
     schedules: ScheduleParser | None = None,
-) -> tuple[Any, dict[Path, str], list[Issue]]:
+) -> tuple[Any, dict[ValuePath, str], list[Issue]]:
     """Like :func:`apply_overrides`, but returns the issues instead of raising them.
 
     Overrides that fail are skipped; the others are applied.
     """
     box = [tree if tree is not None else Struct(None, {})]
-    applied: dict[Path, str] = {}
+    applied: dict[ValuePath, str] = {}
     issues: list[Issue] = []
     for text in overrides:
         try:
@@ -179,7 +178,7 @@ def apply_overrides_collect(
 
 def _apply(
     root: StructType, box: list[Any], override: Override, schedules: ScheduleParser | None
-) -> Path:
+) -> ValuePath:
     node: SchemaType = root
     container: Any = box
     key: Any = 0
@@ -208,7 +207,7 @@ def _apply(
     return tuple(path)
 
 
-def _resolve(node: SchemaType, container: Any, key: Any, path: Path) -> tuple[SchemaType, Any]:
+def _resolve(node: SchemaType, container: Any, key: Any, path: ValuePath) -> tuple[SchemaType, Any]:
     """The schema and current value at ``container[key]``, with Options and Unions opened.
 
     A ``None`` Optional struct is replaced by one built from defaults, so that setting a
@@ -240,7 +239,7 @@ def _resolve(node: SchemaType, container: Any, key: Any, path: Path) -> tuple[Sc
     return node, value
 
 
-def _empty(node: SchemaType, path: Path) -> Any:
+def _empty(node: SchemaType, path: ValuePath) -> Any:
     if isinstance(node, StructType):
         return Struct(None, {})
     if isinstance(node, ListType | VarTupleType):
@@ -252,7 +251,7 @@ def _empty(node: SchemaType, path: Path) -> Any:
     raise _BadOverride(path, f"{format_path(path)} is None; set it as a whole first")
 
 
-def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any, SchemaType]:
+def _step(node: SchemaType, value: Any, seg: Any, path: ValuePath) -> tuple[Any, Any, SchemaType]:
     """The container, key and schema of child ``seg`` of ``value``."""
     if isinstance(node, StructType):
         fields = _struct_fields(value, node, path)
@@ -306,7 +305,7 @@ def _step(node: SchemaType, value: Any, seg: Any, path: Path) -> tuple[Any, Any,
     )
 
 
-def _struct_fields(value: Any, node: StructType, path: Path) -> dict[str, Any]:
+def _struct_fields(value: Any, node: StructType, path: ValuePath) -> dict[str, Any]:
     if type(value) is Struct:
         return value.fields
     if type(value) is dict:
@@ -314,15 +313,15 @@ def _struct_fields(value: Any, node: StructType, path: Path) -> dict[str, Any]:
     raise _BadOverride(path, f"expected struct {node.name} at {format_path(path)}, found {value!r}")
 
 
-def _as_index(seg: Any, path: Path) -> int:
+def _as_index(seg: Any, path: ValuePath) -> int:
     if type(seg) is int:
         return seg
     raise _BadOverride(path, f"expected a list index at {format_path(path)}, found {seg!r}")
 
 
-def _dict_key(key_node: SchemaType, seg: Any, value: dict[Any, Any], path: Path) -> Any:
+def _dict_key(key_node: SchemaType, seg: Any, value: dict[Any, Any], path: ValuePath) -> Any:
     raw = seg[0] if type(seg) is tuple else seg
-    if isinstance(key_node, Primitive) and key_node.type is int:
+    if isinstance(key_node, PrimitiveType) and key_node.type is int:
         try:
             return int(raw)
         except ValueError:
@@ -354,7 +353,7 @@ def _empty_or_none(node: SchemaType) -> Any:
     return None
 
 
-def _default_value(field: Field, path: Path) -> Any:
+def _default_value(field: Field, path: ValuePath) -> Any:
     if field.has_default:
         return to_value(field.make_default(), field.type)
     return _empty_or_none(field.type)
@@ -363,9 +362,11 @@ def _default_value(field: Field, path: Path) -> Any:
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
 
-def _parse_leaf(node: SchemaType, text: str, path: Path, schedules: ScheduleParser | None) -> Any:
+def _parse_leaf(
+    node: SchemaType, text: str, path: ValuePath, schedules: ScheduleParser | None
+) -> Any:
     base = node.inner if isinstance(node, OptionType) else node
-    if isinstance(base, Primitive) and base.type is bool:
+    if isinstance(base, PrimitiveType) and base.type is bool:
         parsed = _BOOLS.get(text.lower())
         if parsed is not None:
             return parsed
@@ -376,7 +377,7 @@ def _parse_leaf(node: SchemaType, text: str, path: Path, schedules: SchedulePars
             return text
         if type(value) is str or (value is None and isinstance(node, OptionType)):
             return value
-        if isinstance(base, Primitive):
+        if isinstance(base, PrimitiveType):
             return text  # `name=123` for a str field is the string "123"
         return value  # an Ident for an Enum or Literal
     try:
@@ -398,11 +399,11 @@ def _parse_leaf(node: SchemaType, text: str, path: Path, schedules: SchedulePars
 
 
 def _is_number(node: SchemaType) -> bool:
-    return isinstance(node, Primitive) and node.type in (int, float)
+    return isinstance(node, PrimitiveType) and node.type in (int, float)
 
 
 def _takes_bare_words(node: SchemaType) -> bool:
-    if isinstance(node, Primitive):
+    if isinstance(node, PrimitiveType):
         return node.type is str or node.type is pathlib.Path
     if isinstance(node, LiteralType):
         return any(isinstance(v, str) for v in node.values)

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hyperstate import schedule as _schedule
-from hyperstate.errors import ConfigError, Issue, PathSegment, format_path
+from hyperstate.errors import ConfigError, Issue, PathSegment, ValuePath, format_path
 from hyperstate.ron import Ident, Struct
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "with_schedule_text",
 ]
 
-Path = tuple[PathSegment, ...]
 _ATTR = "__hyperstate_schedules__"
 
 
@@ -62,13 +61,13 @@ def parse(text: str) -> _schedule.Schedule | None:
     return _schedule.parse(text)
 
 
-def schedules(config: Any) -> dict[Path, _schedule.Schedule]:
+def schedules(config: Any) -> dict[ValuePath, _schedule.Schedule]:
     """The schedules of a loaded config, by field path (empty when it has none)."""
-    found: dict[Path, _schedule.Schedule] = getattr(config, _ATTR, {})
+    found: dict[ValuePath, _schedule.Schedule] = getattr(config, _ATTR, {})
     return dict(found)
 
 
-def set_schedules(config: Any, found: Mapping[Path, _schedule.Schedule]) -> None:
+def set_schedules(config: Any, found: Mapping[ValuePath, _schedule.Schedule]) -> None:
     """Remember ``found`` on ``config`` (replacing what it had)."""
     try:
         object.__setattr__(config, _ATTR, dict(found))
@@ -79,13 +78,13 @@ def set_schedules(config: Any, found: Mapping[Path, _schedule.Schedule]) -> None
         ) from None
 
 
-def update_schedules(config: Any, state: Any) -> dict[Path, float | int]:
+def update_schedules(config: Any, state: Any) -> dict[ValuePath, float | int]:
     """Set every scheduled field of ``config`` to its value at ``state``; return the values.
 
     Raises:
         ConfigError: a schedule's ``x`` names no numeric field of ``state``.
     """
-    values: dict[Path, float | int] = {}
+    values: dict[ValuePath, float | int] = {}
     for path, sched in schedules(config).items():
         x = _read_x(state, sched, path)
         current = _get(config, path)
@@ -114,7 +113,7 @@ def with_schedule_text(config: Any, tree: Any) -> Any:
     return tree
 
 
-def _read_x(state: Any, sched: _schedule.Schedule, path: Path) -> float:
+def _read_x(state: Any, sched: _schedule.Schedule, path: ValuePath) -> float:
     value = state
     for name in sched.x:
         if not hasattr(value, name):
@@ -160,14 +159,14 @@ def _key(mapping: Mapping[Any, Any], seg: Any) -> Any:
     return name
 
 
-def _get(config: Any, path: Path) -> Any:
+def _get(config: Any, path: ValuePath) -> Any:
     obj = config
     for seg in path:
         obj = _child(obj, seg)
     return obj
 
 
-def _set(config: Any, path: Path, value: Any) -> None:
+def _set(config: Any, path: ValuePath, value: Any) -> None:
     parent = _get(config, path[:-1])
     last = path[-1]
     if hasattr(parent, "__dataclass_fields__") and isinstance(last, str):
@@ -182,7 +181,7 @@ def _set(config: Any, path: Path, value: Any) -> None:
         )
 
 
-def _replace(tree: Any, path: Path, text: str) -> None:
+def _replace(tree: Any, path: ValuePath, text: str) -> None:
     node = tree
     for seg in path[:-1]:
         node = _tree_child(node, seg)

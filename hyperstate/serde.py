@@ -18,7 +18,7 @@ import pathlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from hyperstate.errors import ConfigError, Issue, PathSegment
+from hyperstate.errors import ConfigError, Issue, ValuePath
 from hyperstate.ron import Ident, Some, Struct, TupleStruct
 from hyperstate.typeinfo import (
     AnyType,
@@ -27,7 +27,7 @@ from hyperstate.typeinfo import (
     ListType,
     LiteralType,
     OptionType,
-    Primitive,
+    PrimitiveType,
     SchemaType,
     StructType,
     TupleType,
@@ -56,8 +56,6 @@ __all__ = [
     "to_value",
 ]
 
-Path = tuple[PathSegment, ...]
-
 
 class _Invalid:
     """Returned by a decoder that recorded an issue; never escapes this module."""
@@ -81,9 +79,9 @@ class _Ctx:
         self.ignore_extra_fields = ignore_extra_fields
         self.schedule = schedule
         self.place = place
-        self.schedules: dict[Path, Any] = {}
+        self.schedules: dict[ValuePath, Any] = {}
 
-    def fail(self, path: Path, message: str, hint: str | None = None) -> Any:
+    def fail(self, path: ValuePath, message: str, hint: str | None = None) -> Any:
         self.issues.append(Issue(path, message, hint=hint))
         return _INVALID
 
@@ -92,8 +90,8 @@ class _Ctx:
         return _Ctx(self.ignore_extra_fields, self.schedule, self.place)
 
 
-Decoder = Callable[[Any, Path, _Ctx], Any]
-Encoder = Callable[[Any, Path, bool], Any]
+Decoder = Callable[[Any, ValuePath, _Ctx], Any]
+Encoder = Callable[[Any, ValuePath, bool], Any]
 
 
 ScheduleParser = Callable[[str], Any]
@@ -158,7 +156,7 @@ class DecodeResult:
 
     __slots__ = ("issues", "schedules", "value")
 
-    def __init__(self, value: Any, issues: list[Issue], schedules: dict[Path, Any]) -> None:
+    def __init__(self, value: Any, issues: list[Issue], schedules: dict[ValuePath, Any]) -> None:
         self.value = value
         self.issues = issues
         #: Schedules found in int/float fields, by path (values hold their start value).
@@ -210,12 +208,12 @@ def _decoder(node: SchemaType) -> Decoder:
 def _make_decoder(node: SchemaType) -> Decoder:
     if isinstance(node, StructType):
         return _struct_decoder(node)
-    if isinstance(node, Primitive):
+    if isinstance(node, PrimitiveType):
         return _PRIMITIVE_DECODERS[node.type]
     if isinstance(node, OptionType):
         inner = _decoder(node.inner)
 
-        def dec_option(v: Any, path: Path, cx: _Ctx) -> Any:
+        def dec_option(v: Any, path: ValuePath, cx: _Ctx) -> Any:
             if v is None:
                 return None
             if type(v) is Some:
@@ -226,7 +224,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
     if isinstance(node, ListType):
         item = _decoder(node.item)
 
-        def dec_list(v: Any, path: Path, cx: _Ctx) -> Any:
+        def dec_list(v: Any, path: ValuePath, cx: _Ctx) -> Any:
             if type(v) is not list and type(v) is not tuple:
                 return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
             out = [item(x, (*path, i), cx) for i, x in enumerate(v)]
@@ -236,7 +234,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
     if isinstance(node, VarTupleType):
         item = _decoder(node.item)
 
-        def dec_vartuple(v: Any, path: Path, cx: _Ctx) -> Any:
+        def dec_vartuple(v: Any, path: ValuePath, cx: _Ctx) -> Any:
             if type(v) is not tuple and type(v) is not list:
                 return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
             out = tuple(item(x, (*path, i), cx) for i, x in enumerate(v))
@@ -246,7 +244,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
     if isinstance(node, TupleType):
         items = [_decoder(i) for i in node.items]
 
-        def dec_tuple(v: Any, path: Path, cx: _Ctx) -> Any:
+        def dec_tuple(v: Any, path: ValuePath, cx: _Ctx) -> Any:
             if type(v) is not tuple and type(v) is not list:
                 return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
             if len(v) != len(items):
@@ -263,8 +261,8 @@ def _make_decoder(node: SchemaType) -> Decoder:
         key_dec = _decoder(node.key)
         val_dec = _decoder(node.value)
 
-        def dec_dict(v: Any, path: Path, cx: _Ctx) -> Any:
-            if type(v) is Struct and node.key == Primitive(str):
+        def dec_dict(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+            if type(v) is Struct and node.key == PrimitiveType(str):
                 v = v.fields  # `(a: 1)` is a fine way to write a str-keyed map
             elif type(v) is not dict:
                 return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
@@ -296,7 +294,7 @@ def _make_decoder(node: SchemaType) -> Decoder:
     raise TypeError(f"no decoder for schema node {node!r}")
 
 
-def _dec_int(v: Any, path: Path, cx: _Ctx) -> Any:
+def _dec_int(v: Any, path: ValuePath, cx: _Ctx) -> Any:
     t = type(v)
     if t is int:
         return v
@@ -307,7 +305,7 @@ def _dec_int(v: Any, path: Path, cx: _Ctx) -> Any:
     return cx.fail(path, f"expected int, found {describe(v)}")
 
 
-def _dec_float(v: Any, path: Path, cx: _Ctx) -> Any:
+def _dec_float(v: Any, path: ValuePath, cx: _Ctx) -> Any:
     t = type(v)
     if t is float:
         return v
@@ -318,7 +316,7 @@ def _dec_float(v: Any, path: Path, cx: _Ctx) -> Any:
     return cx.fail(path, f"expected float, found {describe(v)}")
 
 
-def _schedule_start(text: str, path: Path, cx: _Ctx, kind: str) -> Any:
+def _schedule_start(text: str, path: ValuePath, cx: _Ctx, kind: str) -> Any:
     """A schedule string in an int/float field: record it; its first value stands in."""
     assert cx.schedule is not None
     try:
@@ -332,7 +330,7 @@ def _schedule_start(text: str, path: Path, cx: _Ctx, kind: str) -> Any:
     return schedule.value_at(schedule.points[0].x, as_int=kind == "int")
 
 
-def _dec_str(v: Any, path: Path, cx: _Ctx) -> Any:
+def _dec_str(v: Any, path: ValuePath, cx: _Ctx) -> Any:
     if type(v) is str:
         return v
     if type(v) is Ident:  # earlier releases wrote some strings as bare names
@@ -340,19 +338,19 @@ def _dec_str(v: Any, path: Path, cx: _Ctx) -> Any:
     return cx.fail(path, f"expected str, found {describe(v)}")
 
 
-def _dec_bool(v: Any, path: Path, cx: _Ctx) -> Any:
+def _dec_bool(v: Any, path: ValuePath, cx: _Ctx) -> Any:
     if type(v) is bool:
         return v
     return cx.fail(path, f"expected bool (true or false), found {describe(v)}")
 
 
-def _dec_bytes(v: Any, path: Path, cx: _Ctx) -> Any:
+def _dec_bytes(v: Any, path: ValuePath, cx: _Ctx) -> Any:
     if type(v) is bytes:
         return v
     return cx.fail(path, f'expected bytes (b"..."), found {describe(v)}')
 
 
-def _dec_path(v: Any, path: Path, cx: _Ctx) -> Any:
+def _dec_path(v: Any, path: ValuePath, cx: _Ctx) -> Any:
     if type(v) is str:
         return pathlib.Path(v)
     return cx.fail(path, f"expected a path string, found {describe(v)}")
@@ -372,7 +370,7 @@ def _enum_decoder(node: EnumType) -> Decoder:
     cls = node.cls
     members = cls.__members__
 
-    def dec_enum(v: Any, path: Path, cx: _Ctx) -> Any:
+    def dec_enum(v: Any, path: ValuePath, cx: _Ctx) -> Any:
         name = v.name if type(v) is Ident else v
         if type(name) is str and name in members:
             return members[name]
@@ -392,7 +390,7 @@ def _enum_decoder(node: EnumType) -> Decoder:
 def _literal_decoder(node: LiteralType) -> Decoder:
     allowed = node.values
 
-    def dec_literal(v: Any, path: Path, cx: _Ctx) -> Any:
+    def dec_literal(v: Any, path: ValuePath, cx: _Ctx) -> Any:
         candidate = v.name if type(v) is Ident else v
         for a in allowed:
             if isinstance(a, enum.Enum):
@@ -411,7 +409,7 @@ def _union_decoder(node: UnionType) -> Decoder:
     others = [o for o in node.options if not isinstance(o, StructType)]
     names = " | ".join(format_type(o) for o in node.options)
 
-    def dec_union(v: Any, path: Path, cx: _Ctx) -> Any:
+    def dec_union(v: Any, path: ValuePath, cx: _Ctx) -> Any:
         if type(v) is Struct or type(v) is Ident:
             name = v.name
             if name in structs:
@@ -448,7 +446,7 @@ def _union_decoder(node: UnionType) -> Decoder:
 
 def _exact_primitive(option: SchemaType, v: Any) -> bool:
     # In `int | float`, 1.0 must stay a float and 1 an int: prefer an exact type match.
-    if isinstance(option, Primitive) and option.type in (int, float, bool, str):
+    if isinstance(option, PrimitiveType) and option.type in (int, float, bool, str):
         return type(v) is option.type
     return True
 
@@ -461,7 +459,7 @@ def _struct_decoder(node: StructType) -> Decoder:
         state["required"] = [f for f in node.fields if not f.has_default]
         state["deferred"] = node.lazy_fields
 
-    def dec_struct(v: Any, path: Path, cx: _Ctx) -> Any:
+    def dec_struct(v: Any, path: ValuePath, cx: _Ctx) -> Any:
         if not state:
             prepare()
         t = type(v)
@@ -533,7 +531,7 @@ def _struct_decoder(node: StructType) -> Decoder:
     return dec_struct
 
 
-def _decode_any(v: Any, path: Path, cx: _Ctx) -> Any:
+def _decode_any(v: Any, path: ValuePath, cx: _Ctx) -> Any:
     """An ``Any`` field's value as plain Python; records of registered kinds (tensor
     references) decoded by their node."""
     tv = type(v)
@@ -551,7 +549,7 @@ def _decode_any(v: Any, path: Path, cx: _Ctx) -> Any:
     return plain(v)
 
 
-def decode_plain(v: Any, path: Path = ()) -> Any:
+def decode_plain(v: Any, path: ValuePath = ()) -> Any:
     """The value tree of an ``Any`` field (e.g. a state dict) as plain Python, at ``path``.
 
     Records of registered kinds (tensor references) are decoded by their node.
@@ -566,7 +564,7 @@ def decode_plain(v: Any, path: Path = ()) -> Any:
     return value
 
 
-def _deferred(owner: StructType, dec: Decoder, raw: Any, path: Path, cx: _Ctx) -> Any:
+def _deferred(owner: StructType, dec: Decoder, raw: Any, path: ValuePath, cx: _Ctx) -> Any:
     """A placeholder that decodes ``raw`` when a Lazy dataclass's field is first read."""
     options = cx.trial()
 
@@ -622,7 +620,7 @@ def to_value(obj: Any, cls: Any = None, *, elide_defaults: bool = False) -> Any:
     return _encoder(node)(obj, (), elide_defaults)
 
 
-def encode_plain(obj: Any, path: Path = ()) -> Any:
+def encode_plain(obj: Any, path: ValuePath = ()) -> Any:
     """The value tree of a plain Python value (as for an ``Any`` field), at ``path``.
 
     Values the plain types do not cover go to the registered node kinds (tensors, arrays;
@@ -656,7 +654,7 @@ def decoder_of(node: SchemaType) -> Decoder:
     return _decoder(node)
 
 
-def _mismatch(node: SchemaType, obj: Any, path: Path) -> ConfigError:
+def _mismatch(node: SchemaType, obj: Any, path: ValuePath) -> ConfigError:
     return ConfigError(
         [Issue(path, f"cannot write {type(obj).__name__} {obj!r} as {format_type(node)}")]
     )
@@ -665,7 +663,7 @@ def _mismatch(node: SchemaType, obj: Any, path: Path) -> ConfigError:
 def _make_encoder(node: SchemaType) -> Encoder:
     if isinstance(node, StructType):
         return _struct_encoder(node)
-    if isinstance(node, Primitive):
+    if isinstance(node, PrimitiveType):
         return _primitive_encoder(node)
     if isinstance(node, OptionType):
         inner = _encoder(node.inner)
@@ -674,7 +672,7 @@ def _make_encoder(node: SchemaType) -> Encoder:
         item = _encoder(node.item)
         container = list if isinstance(node, ListType) else tuple
 
-        def enc_seq(obj: Any, path: Path, elide: bool) -> Any:
+        def enc_seq(obj: Any, path: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, list | tuple):
                 raise _mismatch(node, obj, path)
             return container(item(x, (*path, i), elide) for i, x in enumerate(obj))
@@ -683,7 +681,7 @@ def _make_encoder(node: SchemaType) -> Encoder:
     if isinstance(node, TupleType):
         items = [_encoder(i) for i in node.items]
 
-        def enc_tuple(obj: Any, path: Path, elide: bool) -> Any:
+        def enc_tuple(obj: Any, path: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, list | tuple) or len(obj) != len(items):
                 raise _mismatch(node, obj, path)
             return tuple(
@@ -695,7 +693,7 @@ def _make_encoder(node: SchemaType) -> Encoder:
         key_enc = _encoder(node.key)
         val_enc = _encoder(node.value)
 
-        def enc_dict(obj: Any, path: Path, elide: bool) -> Any:
+        def enc_dict(obj: Any, path: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, Mapping):
                 raise _mismatch(node, obj, path)
             return {
@@ -705,7 +703,7 @@ def _make_encoder(node: SchemaType) -> Encoder:
         return enc_dict
     if isinstance(node, EnumType):
 
-        def enc_enum(obj: Any, path: Path, elide: bool) -> Any:
+        def enc_enum(obj: Any, path: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, node.cls):
                 raise _mismatch(node, obj, path)
             return Ident(obj.name)
@@ -713,7 +711,7 @@ def _make_encoder(node: SchemaType) -> Encoder:
         return enc_enum
     if isinstance(node, LiteralType):
 
-        def enc_literal(obj: Any, path: Path, elide: bool) -> Any:
+        def enc_literal(obj: Any, path: ValuePath, elide: bool) -> Any:
             for a in node.values:
                 if type(a) is type(obj) and a == obj:
                     return Ident(a.name) if isinstance(a, enum.Enum) else a
@@ -731,10 +729,10 @@ def _make_encoder(node: SchemaType) -> Encoder:
     raise TypeError(f"no encoder for schema node {node!r}")
 
 
-def _primitive_encoder(node: Primitive) -> Encoder:
+def _primitive_encoder(node: PrimitiveType) -> Encoder:
     kind = node.type
 
-    def enc_primitive(obj: Any, path: Path, elide: bool) -> Any:
+    def enc_primitive(obj: Any, path: ValuePath, elide: bool) -> Any:
         t = type(obj)
         if t is kind:
             return str(obj) if kind is pathlib.Path else obj
@@ -754,13 +752,13 @@ def _primitive_encoder(node: Primitive) -> Encoder:
 
 
 def _union_encoder(node: UnionType) -> Encoder:
-    def enc_union(obj: Any, path: Path, elide: bool) -> Any:
+    def enc_union(obj: Any, path: ValuePath, elide: bool) -> Any:
         t = type(obj)
         for option in node.options:
             if isinstance(option, StructType) and t is option.cls:
                 return _encoder(option)(obj, path, elide)
         for option in node.options:
-            if isinstance(option, Primitive) and t is option.type:
+            if isinstance(option, PrimitiveType) and t is option.type:
                 return _encoder(option)(obj, path, elide)
         for option in node.options:
             if isinstance(option, StructType) and isinstance(obj, option.cls):
@@ -776,7 +774,7 @@ def _union_encoder(node: UnionType) -> Encoder:
 
 
 def _struct_encoder(node: StructType) -> Encoder:
-    def enc_struct(obj: Any, path: Path, elide: bool) -> Any:
+    def enc_struct(obj: Any, path: ValuePath, elide: bool) -> Any:
         t = type(obj)
         target = node
         if t is not node.cls:
@@ -803,7 +801,7 @@ def _equals_default(value: Any, default: Any) -> bool:
         return False
 
 
-def _encode_any(obj: Any, path: Path, elide: bool) -> Any:
+def _encode_any(obj: Any, path: ValuePath, elide: bool) -> Any:
     t = type(obj)
     if obj is None or t in (bool, int, str, bytes):
         return obj

@@ -34,7 +34,7 @@ __all__ = [
     "ListType",
     "LiteralType",
     "OptionType",
-    "Primitive",
+    "PrimitiveType",
     "SchemaType",
     "StructType",
     "TupleType",
@@ -62,7 +62,7 @@ class SchemaType:
 
 
 @dataclass(frozen=True)
-class Primitive(SchemaType):
+class PrimitiveType(SchemaType):
     """``bool``, ``int``, ``float``, ``str``, ``bytes`` or ``pathlib.Path``."""
 
     type: type
@@ -395,7 +395,7 @@ def _convert(annotation: Any) -> SchemaType:
         return AnyType()
     if isinstance(annotation, type):
         if annotation in _PRIMITIVES:
-            return Primitive(annotation)
+            return PrimitiveType(annotation)
         if issubclass(annotation, enum.Enum):
             return EnumType(annotation)
         if dataclasses.is_dataclass(annotation):
@@ -403,11 +403,11 @@ def _convert(annotation: Any) -> SchemaType:
         if annotation is list:
             return ListType(AnyType())
         if annotation is dict:
-            return DictType(Primitive(str), AnyType())
+            return DictType(PrimitiveType(str), AnyType())
         if annotation is tuple:
             return VarTupleType(AnyType())
         if issubclass(annotation, pathlib.PurePath):
-            return Primitive(pathlib.Path)
+            return PrimitiveType(pathlib.Path)
         raise _Unsupported(annotation)
     supertype = getattr(annotation, "__supertype__", None)
     if supertype is not None:  # typing.NewType
@@ -434,7 +434,7 @@ def _convert(annotation: Any) -> SchemaType:
             return TupleType(())
         return TupleType(tuple(schema_of(a) for a in args))
     if origin is dict:
-        key = schema_of(args[0]) if args else Primitive(str)
+        key = schema_of(args[0]) if args else PrimitiveType(str)
         if not _valid_key(key):
             raise _Unsupported(annotation, "dict keys must be str, int or an Enum")
         return DictType(key, schema_of(args[1]) if args else AnyType())
@@ -445,7 +445,7 @@ def _convert(annotation: Any) -> SchemaType:
 
 def _valid_key(key: SchemaType) -> bool:
     return isinstance(key, EnumType) or (
-        isinstance(key, Primitive) and key.type in (str, int, pathlib.Path)
+        isinstance(key, PrimitiveType) and key.type in (str, int, pathlib.Path)
     )
 
 
@@ -456,7 +456,7 @@ def _union(annotation: Any, args: tuple[Any, ...]) -> SchemaType:
         return OptionType(inner)
     options = tuple(schema_of(a) for a in non_none)
     for option in options:
-        if not isinstance(option, StructType | Primitive | EnumType | LiteralType):
+        if not isinstance(option, StructType | PrimitiveType | EnumType | LiteralType):
             raise _Unsupported(
                 annotation, "a Union may combine only dataclasses, primitives, Enums and Literals"
             )
@@ -491,7 +491,7 @@ def format_type(node: SchemaType) -> str:
     """A short, Python-like rendering of a schema node: ``list[int]``, ``float | None``."""
     if isinstance(node, StructType):
         return node.name
-    if isinstance(node, Primitive):
+    if isinstance(node, PrimitiveType):
         return "Path" if node.type is pathlib.Path else node.type.__name__
     if isinstance(node, AnyType):
         return "Any"

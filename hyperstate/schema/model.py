@@ -247,7 +247,7 @@ def _describe_type(node: t.SchemaType, structs: dict[str, StructDef]) -> TypeDef
     if isinstance(node, t.StructType):
         _describe_struct(node, structs)
         return StructRef(node.name)
-    if isinstance(node, t.Primitive):
+    if isinstance(node, t.PrimitiveType):
         return Primitive(t.format_type(node))
     if isinstance(node, t.AnyType):
         return AnyValue()

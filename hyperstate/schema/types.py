@@ -17,7 +17,7 @@ from hyperstate.typeinfo import (
     ListType,
     LiteralType,
     OptionType,
-    Primitive,
+    PrimitiveType,
     SchemaType,
     StructType,
     TupleType,
@@ -38,6 +38,7 @@ __all__ = [
     "LiteralType",
     "OptionType",
     "Primitive",
+    "PrimitiveType",
     "SchemaType",
     "StructType",
     "TupleType",
@@ -48,6 +49,10 @@ __all__ = [
     "schema_of",
     "struct_schema",
 ]
+
+
+Primitive = PrimitiveType
+"""The name earlier releases used for :class:`~hyperstate.typeinfo.PrimitiveType`."""
 
 
 def load_schema(path: Any) -> Any:

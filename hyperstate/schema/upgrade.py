@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from hyperstate.errors import ConfigError, Issue, PathSegment
+from hyperstate.errors import ConfigError, Issue, ValuePath
 from hyperstate.ron import Ident, Some, Struct
 from hyperstate.serde import describe
 from hyperstate.typeinfo import (
     DictType,
     ListType,
     OptionType,
-    Primitive,
+    PrimitiveType,
     SchemaType,
     StructType,
     TupleType,
@@ -27,10 +27,8 @@ from hyperstate.typeinfo import (
 
 __all__ = ["needs_upgrade_pass", "upgrade"]
 
-Path = tuple[PathSegment, ...]
 
-
-def upgrade(node: SchemaType, value: Any, path: Path = ()) -> Any:
+def upgrade(node: SchemaType, value: Any, path: ValuePath = ()) -> Any:
     """``value`` with every ``Versioned`` struct below ``node`` brought up to date.
 
     Raises:
@@ -42,7 +40,7 @@ def upgrade(node: SchemaType, value: Any, path: Path = ()) -> Any:
     return _upgrade(node, value, path)
 
 
-def _upgrade(node: SchemaType, value: Any, path: Path) -> Any:
+def _upgrade(node: SchemaType, value: Any, path: ValuePath) -> Any:
     if isinstance(node, StructType):
         return _upgrade_struct(node, value, path)
     if isinstance(node, OptionType):
@@ -60,7 +58,7 @@ def _upgrade(node: SchemaType, value: Any, path: Path) -> Any:
         return items if type(value) is list else tuple(items)
     if isinstance(node, DictType) and type(value) is dict:
         return {k: _upgrade(node.value, x, (*path, k)) for k, x in value.items()}
-    if isinstance(node, DictType) and type(value) is Struct and node.key == Primitive(str):
+    if isinstance(node, DictType) and type(value) is Struct and node.key == PrimitiveType(str):
         # `(a: ...)` is a str-keyed map too (as the typed conversion reads it)
         entries = {k: _upgrade(node.value, x, (*path, k)) for k, x in value.fields.items()}
         return Struct(value.name, entries)
@@ -74,7 +72,7 @@ def _upgrade(node: SchemaType, value: Any, path: Path) -> Any:
     return value
 
 
-def _upgrade_struct(node: StructType, value: Any, path: Path) -> Any:
+def _upgrade_struct(node: StructType, value: Any, path: ValuePath) -> Any:
     fields = value.fields if type(value) is Struct else value if type(value) is dict else None
     if fields is None:
         return value
@@ -90,7 +88,7 @@ def _upgrade_struct(node: StructType, value: Any, path: Path) -> Any:
     return value
 
 
-def _apply_rules(node: StructType, value: Any, found: int, path: Path) -> Any:
+def _apply_rules(node: StructType, value: Any, found: int, path: ValuePath) -> Any:
     cls: Any = node.cls
     current = node.version
     assert current is not None
