@@ -1,4 +1,5 @@
-"""Checkpoint directories on any fsspec filesystem: layout, commit protocol, retention.
+"""Checkpoint directories on any fsspec filesystem: layout, commit protocol, discovery,
+verification, retention.
 
 A checkpoint is a directory ``<root>/step-000000012000/`` holding any files (``config.ron``,
 ``state.ron``, ``blobs/rank-00000.safetensors``, ...) and, written last, ``COMMITTED``: a

@@ -1,1 +1,1 @@
-"""Schemas of config classes: type introspection, versioning and schema evolution."""
+"""Schema evolution of config classes: versions, rewrite rules, schema files and their checker."""

@@ -54,7 +54,7 @@ from hyperstate.storage import (
 )
 from hyperstate.tensors import codec
 from hyperstate.tensors.dtypes import ITEMSIZE
-from hyperstate.tensors.safetensors import BlobReader, BlobRef, BlobWriter
+from hyperstate.tensors.safetensors import BlobReader, BlobWriter
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +64,6 @@ __all__ = [
     "Format",
     "Segment",
     "TensorInfo",
-    "blob_ref",
     "children",
     "detect_format",
     "export_safetensors",
@@ -352,12 +351,6 @@ def format_size(nbytes: int) -> str:
             return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
-
-
-def blob_ref(node: Struct) -> BlobRef:
-    """The :class:`~hyperstate.tensors.safetensors.BlobRef` of a ``Tensor(file: ...)`` or
-    ``Array(...)`` record (see :func:`hyperstate.tensors.codec.ref_of`)."""
-    return codec.ref_of(node, ())
 
 
 def read_tensor(directory: str, node: Struct, readers: dict[str, BlobReader]) -> torch.Tensor:
@@ -667,7 +660,7 @@ def write_checkpoint(
     if config_text is None:
         config_text = "Config()\n"
     else:
-        ron.loads(config_text, path="config.ron")  # refuse a config that does not parse
+        ron.loads(config_text, path=CONFIG_FILE)  # refuse a config that does not parse
 
     def encode() -> Struct:
         values = {}
