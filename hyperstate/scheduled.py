@@ -85,21 +85,21 @@ def update_schedules(config: Any, state: Any) -> dict[ValuePath, float | int]:
         ConfigError: a schedule's ``x`` names no numeric field of ``state``.
     """
     values: dict[ValuePath, float | int] = {}
-    for path, sched in schedules(config).items():
-        x = _read_x(state, sched, path)
-        current = _get(config, path)
+    for where, sched in schedules(config).items():
+        x = _read_x(state, sched, where)
+        current = _get(config, where)
         value = sched.value_at(x, as_int=type(current) is int)
-        _set(config, path, value)
-        values[path] = value
+        _set(config, where, value)
+        values[where] = value
     return values
 
 
 def check_schedule_fields(config: Any, state: Any) -> None:
     """Raise a ``ConfigError`` naming every schedule whose ``x`` is not a state field."""
     issues: list[Issue] = []
-    for path, sched in schedules(config).items():
+    for where, sched in schedules(config).items():
         try:
-            _read_x(state, sched, path)
+            _read_x(state, sched, where)
         except ConfigError as e:
             issues.extend(e.issues)
     if issues:
@@ -108,12 +108,12 @@ def check_schedule_fields(config: Any, state: Any) -> None:
 
 def with_schedule_text(config: Any, tree: Any) -> Any:
     """The value tree of ``config`` with each scheduled field's text put back."""
-    for path, sched in schedules(config).items():
-        _replace(tree, path, sched.text)
+    for where, sched in schedules(config).items():
+        _replace(tree, where, sched.text)
     return tree
 
 
-def _read_x(state: Any, sched: _schedule.Schedule, path: ValuePath) -> float:
+def _read_x(state: Any, sched: _schedule.Schedule, where: ValuePath) -> float:
     value = state
     for name in sched.x:
         if not hasattr(value, name):
@@ -121,7 +121,7 @@ def _read_x(state: Any, sched: _schedule.Schedule, path: ValuePath) -> float:
             raise ConfigError(
                 [
                     Issue(
-                        path,
+                        where,
                         f"schedule {sched.text!r} follows {'.'.join(sched.x)!r}, which is not "
                         f"a field of the state ({type(state).__name__})",
                         hint=f"state fields: {', '.join(known)}" if known else None,
@@ -133,7 +133,7 @@ def _read_x(state: Any, sched: _schedule.Schedule, path: ValuePath) -> float:
         raise ConfigError(
             [
                 Issue(
-                    path,
+                    where,
                     f"schedule follows {'.'.join(sched.x)!r}, which holds {value!r}, not a number",
                 )
             ]
@@ -159,16 +159,16 @@ def _key(mapping: Mapping[Any, Any], seg: Any) -> Any:
     return name
 
 
-def _get(config: Any, path: ValuePath) -> Any:
+def _get(config: Any, where: ValuePath) -> Any:
     obj = config
-    for seg in path:
+    for seg in where:
         obj = _child(obj, seg)
     return obj
 
 
-def _set(config: Any, path: ValuePath, value: Any) -> None:
-    parent = _get(config, path[:-1])
-    last = path[-1]
+def _set(config: Any, where: ValuePath, value: Any) -> None:
+    parent = _get(config, where[:-1])
+    last = where[-1]
     if hasattr(parent, "__dataclass_fields__") and isinstance(last, str):
         object.__setattr__(parent, last, value)  # frozen dataclasses too
     elif isinstance(parent, dict):
@@ -177,15 +177,15 @@ def _set(config: Any, path: ValuePath, value: Any) -> None:
         parent[last] = value  # type: ignore[index]
     else:
         raise TypeError(
-            f"cannot update schedule at {format_path(path)} inside {type(parent).__name__}"
+            f"cannot update schedule at {format_path(where)} inside {type(parent).__name__}"
         )
 
 
-def _replace(tree: Any, path: ValuePath, text: str) -> None:
+def _replace(tree: Any, where: ValuePath, text: str) -> None:
     node = tree
-    for seg in path[:-1]:
+    for seg in where[:-1]:
         node = _tree_child(node, seg)
-    last = path[-1]
+    last = where[-1]
     if type(node) is Struct:
         node.fields[last] = text  # type: ignore[index]
     elif type(node) is dict:

@@ -81,8 +81,8 @@ class _Ctx:
         self.place = place
         self.schedules: dict[ValuePath, Any] = {}
 
-    def fail(self, path: ValuePath, message: str, hint: str | None = None) -> Any:
-        self.issues.append(Issue(path, message, hint=hint))
+    def fail(self, where: ValuePath, message: str, hint: str | None = None) -> Any:
+        self.issues.append(Issue(where, message, hint=hint))
         return _INVALID
 
     def trial(self) -> _Ctx:
@@ -159,7 +159,7 @@ class DecodeResult:
     def __init__(self, value: Any, issues: list[Issue], schedules: dict[ValuePath, Any]) -> None:
         self.value = value
         self.issues = issues
-        #: Schedules found in int/float fields, by path (values hold their start value).
+        #: Schedules found in int/float fields, by value path (values hold their start value).
         self.schedules = schedules
 
 
@@ -213,47 +213,49 @@ def _make_decoder(node: SchemaType) -> Decoder:
     if isinstance(node, OptionType):
         inner = _decoder(node.inner)
 
-        def dec_option(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+        def dec_option(v: Any, where: ValuePath, cx: _Ctx) -> Any:
             if v is None:
                 return None
             if type(v) is Some:
                 v = v.value
-            return inner(v, path, cx)
+            return inner(v, where, cx)
 
         return dec_option
     if isinstance(node, ListType):
         item = _decoder(node.item)
 
-        def dec_list(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+        def dec_list(v: Any, where: ValuePath, cx: _Ctx) -> Any:
             if type(v) is not list and type(v) is not tuple:
-                return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
-            out = [item(x, (*path, i), cx) for i, x in enumerate(v)]
+                return cx.fail(where, f"expected {format_type(node)}, found {describe(v)}")
+            out = [item(x, (*where, i), cx) for i, x in enumerate(v)]
             return _INVALID if any(x is _INVALID for x in out) else out
 
         return dec_list
     if isinstance(node, VarTupleType):
         item = _decoder(node.item)
 
-        def dec_vartuple(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+        def dec_vartuple(v: Any, where: ValuePath, cx: _Ctx) -> Any:
             if type(v) is not tuple and type(v) is not list:
-                return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
-            out = tuple(item(x, (*path, i), cx) for i, x in enumerate(v))
+                return cx.fail(where, f"expected {format_type(node)}, found {describe(v)}")
+            out = tuple(item(x, (*where, i), cx) for i, x in enumerate(v))
             return _INVALID if any(x is _INVALID for x in out) else out
 
         return dec_vartuple
     if isinstance(node, TupleType):
         items = [_decoder(i) for i in node.items]
 
-        def dec_tuple(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+        def dec_tuple(v: Any, where: ValuePath, cx: _Ctx) -> Any:
             if type(v) is not tuple and type(v) is not list:
-                return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
+                return cx.fail(where, f"expected {format_type(node)}, found {describe(v)}")
             if len(v) != len(items):
                 return cx.fail(
-                    path,
+                    where,
                     f"expected a tuple of {len(items)} items ({format_type(node)}), "
                     f"found {len(v)} items",
                 )
-            out = tuple(d(x, (*path, i), cx) for i, (d, x) in enumerate(zip(items, v, strict=True)))
+            out = tuple(
+                d(x, (*where, i), cx) for i, (d, x) in enumerate(zip(items, v, strict=True))
+            )
             return _INVALID if any(x is _INVALID for x in out) else out
 
         return dec_tuple
@@ -261,15 +263,15 @@ def _make_decoder(node: SchemaType) -> Decoder:
         key_dec = _decoder(node.key)
         val_dec = _decoder(node.value)
 
-        def dec_dict(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+        def dec_dict(v: Any, where: ValuePath, cx: _Ctx) -> Any:
             if type(v) is Struct and node.key == PrimitiveType(str):
                 v = v.fields  # `(a: 1)` is a fine way to write a str-keyed map
             elif type(v) is not dict:
-                return cx.fail(path, f"expected {format_type(node)}, found {describe(v)}")
+                return cx.fail(where, f"expected {format_type(node)}, found {describe(v)}")
             out = {}
             bad = False
             for k, x in v.items():
-                kp = (*path, k)
+                kp = (*where, k)
                 key = key_dec(k, kp, cx)
                 val = val_dec(x, kp, cx)
                 if key is _INVALID or val is _INVALID:
@@ -294,66 +296,66 @@ def _make_decoder(node: SchemaType) -> Decoder:
     raise TypeError(f"no decoder for schema node {node!r}")
 
 
-def _dec_int(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+def _dec_int(v: Any, where: ValuePath, cx: _Ctx) -> Any:
     t = type(v)
     if t is int:
         return v
     if t is float and v.is_integer():  # `steps: 1e5` is an integer written as a float
         return int(v)
     if t is str and cx.schedule is not None:
-        return _schedule_start(v, path, cx, "int")
-    return cx.fail(path, f"expected int, found {describe(v)}")
+        return _schedule_start(v, where, cx, "int")
+    return cx.fail(where, f"expected int, found {describe(v)}")
 
 
-def _dec_float(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+def _dec_float(v: Any, where: ValuePath, cx: _Ctx) -> Any:
     t = type(v)
     if t is float:
         return v
     if t is int:
         return float(v)
     if t is str and cx.schedule is not None:
-        return _schedule_start(v, path, cx, "float")
-    return cx.fail(path, f"expected float, found {describe(v)}")
+        return _schedule_start(v, where, cx, "float")
+    return cx.fail(where, f"expected float, found {describe(v)}")
 
 
-def _schedule_start(text: str, path: ValuePath, cx: _Ctx, kind: str) -> Any:
+def _schedule_start(text: str, where: ValuePath, cx: _Ctx, kind: str) -> Any:
     """A schedule string in an int/float field: record it; its first value stands in."""
     assert cx.schedule is not None
     try:
         schedule = cx.schedule(text)
     except ValueError as e:
         article = "an" if kind == "int" else "a"
-        return cx.fail(path, f"invalid schedule for {article} {kind} field: {e}")
+        return cx.fail(where, f"invalid schedule for {article} {kind} field: {e}")
     if schedule is None:
-        return cx.fail(path, f"expected {kind}, found {describe(text)}")
-    cx.schedules[path] = schedule
+        return cx.fail(where, f"expected {kind}, found {describe(text)}")
+    cx.schedules[where] = schedule
     return schedule.value_at(schedule.points[0].x, as_int=kind == "int")
 
 
-def _dec_str(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+def _dec_str(v: Any, where: ValuePath, cx: _Ctx) -> Any:
     if type(v) is str:
         return v
     if type(v) is Ident:  # earlier releases wrote some strings as bare names
         return v.name
-    return cx.fail(path, f"expected str, found {describe(v)}")
+    return cx.fail(where, f"expected str, found {describe(v)}")
 
 
-def _dec_bool(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+def _dec_bool(v: Any, where: ValuePath, cx: _Ctx) -> Any:
     if type(v) is bool:
         return v
-    return cx.fail(path, f"expected bool (true or false), found {describe(v)}")
+    return cx.fail(where, f"expected bool (true or false), found {describe(v)}")
 
 
-def _dec_bytes(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+def _dec_bytes(v: Any, where: ValuePath, cx: _Ctx) -> Any:
     if type(v) is bytes:
         return v
-    return cx.fail(path, f'expected bytes (b"..."), found {describe(v)}')
+    return cx.fail(where, f'expected bytes (b"..."), found {describe(v)}')
 
 
-def _dec_path(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+def _dec_path(v: Any, where: ValuePath, cx: _Ctx) -> Any:
     if type(v) is str:
         return pathlib.Path(v)
-    return cx.fail(path, f"expected a path string, found {describe(v)}")
+    return cx.fail(where, f"expected a path string, found {describe(v)}")
 
 
 _PRIMITIVE_DECODERS: dict[type, Decoder] = {
@@ -370,7 +372,7 @@ def _enum_decoder(node: EnumType) -> Decoder:
     cls = node.cls
     members = cls.__members__
 
-    def dec_enum(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+    def dec_enum(v: Any, where: ValuePath, cx: _Ctx) -> Any:
         name = v.name if type(v) is Ident else v
         if type(name) is str and name in members:
             return members[name]
@@ -379,7 +381,7 @@ def _enum_decoder(node: EnumType) -> Decoder:
         except (ValueError, TypeError):
             pass
         return cx.fail(
-            path,
+            where,
             f"expected one of {cls.__name__} {{{', '.join(members)}}}, found {describe(v)}",
             did_you_mean(name, members) if type(name) is str else None,
         )
@@ -390,7 +392,7 @@ def _enum_decoder(node: EnumType) -> Decoder:
 def _literal_decoder(node: LiteralType) -> Decoder:
     allowed = node.values
 
-    def dec_literal(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+    def dec_literal(v: Any, where: ValuePath, cx: _Ctx) -> Any:
         candidate = v.name if type(v) is Ident else v
         for a in allowed:
             if isinstance(a, enum.Enum):
@@ -399,7 +401,7 @@ def _literal_decoder(node: LiteralType) -> Decoder:
             elif type(a) is type(candidate) and a == candidate:
                 return a
         names = ", ".join(describe(a.name if isinstance(a, enum.Enum) else a) for a in allowed)
-        return cx.fail(path, f"expected one of {names}, found {describe(v)}")
+        return cx.fail(where, f"expected one of {names}, found {describe(v)}")
 
     return dec_literal
 
@@ -409,37 +411,37 @@ def _union_decoder(node: UnionType) -> Decoder:
     others = [o for o in node.options if not isinstance(o, StructType)]
     names = " | ".join(format_type(o) for o in node.options)
 
-    def dec_union(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+    def dec_union(v: Any, where: ValuePath, cx: _Ctx) -> Any:
         if type(v) is Struct or type(v) is Ident:
             name = v.name
             if name in structs:
-                return _decoder(structs[name])(v, path, cx)
+                return _decoder(structs[name])(v, where, cx)
             if name is None and len(structs) == 1:
                 (only,) = structs.values()
-                return _decoder(only)(v, path, cx)
+                return _decoder(only)(v, where, cx)
             if type(v) is Struct and structs:
                 if name is None:
                     return cx.fail(
-                        path,
+                        where,
                         f"expected one of {names}; write the struct name to choose, "
                         f"e.g. {next(iter(structs))}(...)",
                     )
                 return cx.fail(
-                    path,
+                    where,
                     f"expected one of {names}, found struct {name}",
                     did_you_mean(name, structs),
                 )
         for option in others:  # first primitive option that accepts the value wins
             trial = cx.trial()
-            out = _decoder(option)(v, path, trial)
+            out = _decoder(option)(v, where, trial)
             if not trial.issues and _exact_primitive(option, v):
                 return out
         for option in others:
             trial = cx.trial()
-            out = _decoder(option)(v, path, trial)
+            out = _decoder(option)(v, where, trial)
             if not trial.issues:
                 return out
-        return cx.fail(path, f"expected {names}, found {describe(v)}")
+        return cx.fail(where, f"expected {names}, found {describe(v)}")
 
     return dec_union
 
@@ -459,7 +461,7 @@ def _struct_decoder(node: StructType) -> Decoder:
         state["required"] = [f for f in node.fields if not f.has_default]
         state["deferred"] = node.lazy_fields
 
-    def dec_struct(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+    def dec_struct(v: Any, where: ValuePath, cx: _Ctx) -> Any:
         if not state:
             prepare()
         t = type(v)
@@ -470,21 +472,21 @@ def _struct_decoder(node: StructType) -> Decoder:
         elif v == () or (t is Ident and v.name == node.name):
             items = {}  # unit `()` or a bare `Name`: every field takes its default
         else:
-            return cx.fail(path, f"expected struct {node.name}(...), found {describe(v)}")
+            return cx.fail(where, f"expected struct {node.name}(...), found {describe(v)}")
         decoders: dict[str, Decoder] = state["decoders"]
         deferred: frozenset[str] = state["deferred"]
         kwargs: dict[str, Any] = {}
         ok = True
         for name, raw in items.items():
             if name in deferred:
-                kwargs[name] = _deferred(node, decoders[name], raw, (*path, name), cx)
+                kwargs[name] = _deferred(node, decoders[name], raw, (*where, name), cx)
                 continue
             dec = decoders.get(name)
             if dec is None:
                 if name == "version" and node.version is not None:
                     if raw != node.version:
                         cx.fail(
-                            (*path, name),
+                            (*where, name),
                             f"{node.name} is at version {node.version}, found version {raw!r}",
                             "load it with hyperstate.load/loads, which upgrades old versions",
                         )
@@ -493,13 +495,13 @@ def _struct_decoder(node: StructType) -> Decoder:
                 if cx.ignore_extra_fields:
                     continue
                 cx.fail(
-                    (*path, name),
+                    (*where, name),
                     f"unknown field '{name}' in {node.name}",
                     did_you_mean(name, decoders),
                 )
                 ok = False
                 continue
-            val = dec(raw, (*path, name), cx)
+            val = dec(raw, (*where, name), cx)
             if val is _INVALID:
                 ok = False
             else:
@@ -510,7 +512,7 @@ def _struct_decoder(node: StructType) -> Decoder:
                     continue
                 if isinstance(f.type, StructType):
                     # A nested dataclass can be built from its own defaults.
-                    val = _decoder(f.type)(Struct(None, {}), (*path, f.name), cx)
+                    val = _decoder(f.type)(Struct(None, {}), (*where, f.name), cx)
                     if val is _INVALID:
                         ok = False
                     else:
@@ -518,7 +520,7 @@ def _struct_decoder(node: StructType) -> Decoder:
                 else:
                     ok = False
                     cx.fail(
-                        (*path, f.name),
+                        (*where, f.name),
                         f"missing required field '{f.name}' ({format_type(f.type)}) of {node.name}",
                     )
         if not ok:
@@ -526,51 +528,51 @@ def _struct_decoder(node: StructType) -> Decoder:
         try:
             return node.cls(**kwargs)
         except Exception as e:  # __post_init__ validation of the user's class
-            return cx.fail(path, f"{node.name}(...) rejected the values: {type(e).__name__}: {e}")
+            return cx.fail(where, f"{node.name}(...) rejected the values: {type(e).__name__}: {e}")
 
     return dec_struct
 
 
-def _decode_any(v: Any, path: ValuePath, cx: _Ctx) -> Any:
+def _decode_any(v: Any, where: ValuePath, cx: _Ctx) -> Any:
     """An ``Any`` field's value as plain Python; records of registered kinds (tensor
     references) decoded by their node."""
     tv = type(v)
     if tv is Struct:
         node = node_of_record(v)
         if node is not None:
-            return _decoder(node)(v, path, cx)
-        return {k: _decode_any(x, (*path, k), cx) for k, x in v.fields.items()}
+            return _decoder(node)(v, where, cx)
+        return {k: _decode_any(x, (*where, k), cx) for k, x in v.fields.items()}
     if tv is dict:
-        return {k: _decode_any(x, (*path, k), cx) for k, x in v.items()}
+        return {k: _decode_any(x, (*where, k), cx) for k, x in v.items()}
     if tv is list:
-        return [_decode_any(x, (*path, i), cx) for i, x in enumerate(v)]
+        return [_decode_any(x, (*where, i), cx) for i, x in enumerate(v)]
     if tv is tuple:
-        return tuple(_decode_any(x, (*path, i), cx) for i, x in enumerate(v))
+        return tuple(_decode_any(x, (*where, i), cx) for i, x in enumerate(v))
     return plain(v)
 
 
-def decode_plain(v: Any, path: ValuePath = ()) -> Any:
-    """The value tree of an ``Any`` field (e.g. a state dict) as plain Python, at ``path``.
+def decode_plain(v: Any, where: ValuePath = ()) -> Any:
+    """The value tree of an ``Any`` field (e.g. a state dict) as plain Python, at ``where``.
 
     Records of registered kinds (tensor references) are decoded by their node.
 
     Raises:
-        ConfigError: a record that does not decode, named by its path.
+        ConfigError: a record that does not decode, named by its where.
     """
     cx = _Ctx(False)
-    value = _decode_any(v, path, cx)
+    value = _decode_any(v, where, cx)
     if cx.issues:
         raise ConfigError(cx.issues)
     return value
 
 
-def _deferred(owner: StructType, dec: Decoder, raw: Any, path: ValuePath, cx: _Ctx) -> Any:
+def _deferred(owner: StructType, dec: Decoder, raw: Any, where: ValuePath, cx: _Ctx) -> Any:
     """A placeholder that decodes ``raw`` when a Lazy dataclass's field is first read."""
     options = cx.trial()
 
     def load() -> Any:
         inner = options.trial()
-        value = dec(raw, path, inner)
+        value = dec(raw, where, inner)
         if inner.issues:
             issues = inner.place(inner.issues) if inner.place is not None else inner.issues
             raise ConfigError(issues)
@@ -610,7 +612,7 @@ def to_value(obj: Any, cls: Any = None, *, elide_defaults: bool = False) -> Any:
     With ``elide_defaults``, struct fields equal to their default are left out.
 
     Raises:
-        ConfigError: a value does not match its annotation (the path is named).
+        ConfigError: a value does not match its annotation (its path is named).
     """
     if cls is None:
         cls = type(obj)
@@ -620,13 +622,13 @@ def to_value(obj: Any, cls: Any = None, *, elide_defaults: bool = False) -> Any:
     return _encoder(node)(obj, (), elide_defaults)
 
 
-def encode_plain(obj: Any, path: ValuePath = ()) -> Any:
-    """The value tree of a plain Python value (as for an ``Any`` field), at ``path``.
+def encode_plain(obj: Any, where: ValuePath = ()) -> Any:
+    """The value tree of a plain Python value (as for an ``Any`` field), at ``where``.
 
     Values the plain types do not cover go to the registered node kinds (tensors, arrays;
     see :func:`hyperstate.typeinfo.register`).
     """
-    return _encode_any(obj, path, False)
+    return _encode_any(obj, where, False)
 
 
 def _is_dataclass_type(cls: Any) -> bool:
@@ -654,9 +656,9 @@ def decoder_of(node: SchemaType) -> Decoder:
     return _decoder(node)
 
 
-def _mismatch(node: SchemaType, obj: Any, path: ValuePath) -> ConfigError:
+def _mismatch(node: SchemaType, obj: Any, where: ValuePath) -> ConfigError:
     return ConfigError(
-        [Issue(path, f"cannot write {type(obj).__name__} {obj!r} as {format_type(node)}")]
+        [Issue(where, f"cannot write {type(obj).__name__} {obj!r} as {format_type(node)}")]
     )
 
 
@@ -667,25 +669,25 @@ def _make_encoder(node: SchemaType) -> Encoder:
         return _primitive_encoder(node)
     if isinstance(node, OptionType):
         inner = _encoder(node.inner)
-        return lambda obj, path, elide: None if obj is None else inner(obj, path, elide)
+        return lambda obj, where, elide: None if obj is None else inner(obj, where, elide)
     if isinstance(node, ListType | VarTupleType):
         item = _encoder(node.item)
         container = list if isinstance(node, ListType) else tuple
 
-        def enc_seq(obj: Any, path: ValuePath, elide: bool) -> Any:
+        def enc_seq(obj: Any, where: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, list | tuple):
-                raise _mismatch(node, obj, path)
-            return container(item(x, (*path, i), elide) for i, x in enumerate(obj))
+                raise _mismatch(node, obj, where)
+            return container(item(x, (*where, i), elide) for i, x in enumerate(obj))
 
         return enc_seq
     if isinstance(node, TupleType):
         items = [_encoder(i) for i in node.items]
 
-        def enc_tuple(obj: Any, path: ValuePath, elide: bool) -> Any:
+        def enc_tuple(obj: Any, where: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, list | tuple) or len(obj) != len(items):
-                raise _mismatch(node, obj, path)
+                raise _mismatch(node, obj, where)
             return tuple(
-                e(x, (*path, i), elide) for i, (e, x) in enumerate(zip(items, obj, strict=True))
+                e(x, (*where, i), elide) for i, (e, x) in enumerate(zip(items, obj, strict=True))
             )
 
         return enc_tuple
@@ -693,29 +695,30 @@ def _make_encoder(node: SchemaType) -> Encoder:
         key_enc = _encoder(node.key)
         val_enc = _encoder(node.value)
 
-        def enc_dict(obj: Any, path: ValuePath, elide: bool) -> Any:
+        def enc_dict(obj: Any, where: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, Mapping):
-                raise _mismatch(node, obj, path)
+                raise _mismatch(node, obj, where)
             return {
-                key_enc(k, (*path, k), elide): val_enc(x, (*path, k), elide) for k, x in obj.items()
+                key_enc(k, (*where, k), elide): val_enc(x, (*where, k), elide)
+                for k, x in obj.items()
             }
 
         return enc_dict
     if isinstance(node, EnumType):
 
-        def enc_enum(obj: Any, path: ValuePath, elide: bool) -> Any:
+        def enc_enum(obj: Any, where: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, node.cls):
-                raise _mismatch(node, obj, path)
+                raise _mismatch(node, obj, where)
             return Ident(obj.name)
 
         return enc_enum
     if isinstance(node, LiteralType):
 
-        def enc_literal(obj: Any, path: ValuePath, elide: bool) -> Any:
+        def enc_literal(obj: Any, where: ValuePath, elide: bool) -> Any:
             for a in node.values:
                 if type(a) is type(obj) and a == obj:
                     return Ident(a.name) if isinstance(a, enum.Enum) else a
-            raise _mismatch(node, obj, path)
+            raise _mismatch(node, obj, where)
 
         return enc_literal
     if isinstance(node, UnionType):
@@ -732,7 +735,7 @@ def _make_encoder(node: SchemaType) -> Encoder:
 def _primitive_encoder(node: PrimitiveType) -> Encoder:
     kind = node.type
 
-    def enc_primitive(obj: Any, path: ValuePath, elide: bool) -> Any:
+    def enc_primitive(obj: Any, where: ValuePath, elide: bool) -> Any:
         t = type(obj)
         if t is kind:
             return str(obj) if kind is pathlib.Path else obj
@@ -746,40 +749,40 @@ def _primitive_encoder(node: PrimitiveType) -> Encoder:
             value = obj.item()  # numpy / torch scalars
             if type(value) in (int, float) and not isinstance(value, bool):
                 return float(value) if kind is float else value
-        raise _mismatch(node, obj, path)
+        raise _mismatch(node, obj, where)
 
     return enc_primitive
 
 
 def _union_encoder(node: UnionType) -> Encoder:
-    def enc_union(obj: Any, path: ValuePath, elide: bool) -> Any:
+    def enc_union(obj: Any, where: ValuePath, elide: bool) -> Any:
         t = type(obj)
         for option in node.options:
             if isinstance(option, StructType) and t is option.cls:
-                return _encoder(option)(obj, path, elide)
+                return _encoder(option)(obj, where, elide)
         for option in node.options:
             if isinstance(option, PrimitiveType) and t is option.type:
-                return _encoder(option)(obj, path, elide)
+                return _encoder(option)(obj, where, elide)
         for option in node.options:
             if isinstance(option, StructType) and isinstance(obj, option.cls):
-                return _encoder(option)(obj, path, elide)
+                return _encoder(option)(obj, where, elide)
             if not isinstance(option, StructType):
                 try:
-                    return _encoder(option)(obj, path, elide)
+                    return _encoder(option)(obj, where, elide)
                 except ConfigError:
                     continue
-        raise _mismatch(node, obj, path)
+        raise _mismatch(node, obj, where)
 
     return enc_union
 
 
 def _struct_encoder(node: StructType) -> Encoder:
-    def enc_struct(obj: Any, path: ValuePath, elide: bool) -> Any:
+    def enc_struct(obj: Any, where: ValuePath, elide: bool) -> Any:
         t = type(obj)
         target = node
         if t is not node.cls:
             if not _is_dataclass_type(t):
-                raise _mismatch(node, obj, path)
+                raise _mismatch(node, obj, where)
             target = struct_schema(t)  # a subclass: write what is really there
         fields: dict[str, Any] = {}
         if target.version is not None:
@@ -788,7 +791,7 @@ def _struct_encoder(node: StructType) -> Encoder:
             value = getattr(obj, f.name)
             if elide and f.has_default and _equals_default(value, f.make_default()):
                 continue
-            fields[f.name] = _encoder(f.type)(value, (*path, f.name), elide)
+            fields[f.name] = _encoder(f.type)(value, (*where, f.name), elide)
         return Struct(target.name, fields)
 
     return enc_struct
@@ -801,19 +804,19 @@ def _equals_default(value: Any, default: Any) -> bool:
         return False
 
 
-def _encode_any(obj: Any, path: ValuePath, elide: bool) -> Any:
+def _encode_any(obj: Any, where: ValuePath, elide: bool) -> Any:
     t = type(obj)
     if obj is None or t in (bool, int, str, bytes):
         return obj
     if t is float:
         return obj
     if t is list:
-        return [_encode_any(x, (*path, i), elide) for i, x in enumerate(obj)]
+        return [_encode_any(x, (*where, i), elide) for i, x in enumerate(obj)]
     if t is tuple:
-        return tuple(_encode_any(x, (*path, i), elide) for i, x in enumerate(obj))
+        return tuple(_encode_any(x, (*where, i), elide) for i, x in enumerate(obj))
     if isinstance(obj, Mapping):
         return {
-            _encode_any(k, (*path, k), elide): _encode_any(x, (*path, k), elide)
+            _encode_any(k, (*where, k), elide): _encode_any(x, (*where, k), elide)
             for k, x in obj.items()
         }
     if isinstance(obj, enum.Enum):
@@ -821,12 +824,12 @@ def _encode_any(obj: Any, path: ValuePath, elide: bool) -> Any:
     if isinstance(obj, pathlib.PurePath):
         return str(obj)
     if _is_dataclass_type(t):
-        return _encoder(struct_schema(t))(obj, path, elide)
+        return _encoder(struct_schema(t))(obj, where, elide)
     if isinstance(obj, list | tuple):
-        return [_encode_any(x, (*path, i), elide) for i, x in enumerate(obj)]
+        return [_encode_any(x, (*where, i), elide) for i, x in enumerate(obj)]
     if isinstance(obj, int | float | str):
         return obj
     node = node_of_value(obj)
     if node is not None:
-        return _encoder(node)(obj, path, elide)
-    raise ConfigError([Issue(path, f"cannot write a value of type {t.__name__}: {obj!r}")])
+        return _encoder(node)(obj, where, elide)
+    raise ConfigError([Issue(where, f"cannot write a value of type {t.__name__}: {obj!r}")])

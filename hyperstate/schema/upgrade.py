@@ -28,7 +28,7 @@ from hyperstate.typeinfo import (
 __all__ = ["needs_upgrade_pass", "upgrade"]
 
 
-def upgrade(node: SchemaType, value: Any, path: ValuePath = ()) -> Any:
+def upgrade(node: SchemaType, value: Any, where: ValuePath = ()) -> Any:
     """``value`` with every ``Versioned`` struct below ``node`` brought up to date.
 
     Raises:
@@ -37,58 +37,60 @@ def upgrade(node: SchemaType, value: Any, path: ValuePath = ()) -> Any:
     """
     if not needs_upgrade_pass(node):
         return value
-    return _upgrade(node, value, path)
+    return _upgrade(node, value, where)
 
 
-def _upgrade(node: SchemaType, value: Any, path: ValuePath) -> Any:
+def _upgrade(node: SchemaType, value: Any, where: ValuePath) -> Any:
     if isinstance(node, StructType):
-        return _upgrade_struct(node, value, path)
+        return _upgrade_struct(node, value, where)
     if isinstance(node, OptionType):
         if type(value) is Some:
-            return Some(_upgrade(node.inner, value.value, path))
-        return None if value is None else _upgrade(node.inner, value, path)
+            return Some(_upgrade(node.inner, value.value, where))
+        return None if value is None else _upgrade(node.inner, value, where)
     if isinstance(node, ListType | VarTupleType) and type(value) in (list, tuple):
-        items = [_upgrade(node.item, x, (*path, i)) for i, x in enumerate(value)]
+        items = [_upgrade(node.item, x, (*where, i)) for i, x in enumerate(value)]
         return items if type(value) is list else tuple(items)
     if isinstance(node, TupleType) and type(value) in (list, tuple):
         items = [
-            _upgrade(n, x, (*path, i)) if i < len(node.items) else x
+            _upgrade(n, x, (*where, i)) if i < len(node.items) else x
             for i, (n, x) in enumerate(zip(node.items, value, strict=False))
         ]
         return items if type(value) is list else tuple(items)
     if isinstance(node, DictType) and type(value) is dict:
-        return {k: _upgrade(node.value, x, (*path, k)) for k, x in value.items()}
+        return {k: _upgrade(node.value, x, (*where, k)) for k, x in value.items()}
     if isinstance(node, DictType) and type(value) is Struct and node.key == PrimitiveType(str):
         # `(a: ...)` is a str-keyed map too (as the typed conversion reads it)
-        entries = {k: _upgrade(node.value, x, (*path, k)) for k, x in value.fields.items()}
+        entries = {k: _upgrade(node.value, x, (*where, k)) for k, x in value.fields.items()}
         return Struct(value.name, entries)
     if isinstance(node, UnionType) and type(value) in (Struct, Ident):
         structs = [o for o in node.options if isinstance(o, StructType)]
         for option in structs:
             if option.name == value.name:
-                return _upgrade(option, value, path)
+                return _upgrade(option, value, where)
         if value.name is None and len(structs) == 1:  # the only struct: no name needed
-            return _upgrade(structs[0], value, path)
+            return _upgrade(structs[0], value, where)
     return value
 
 
-def _upgrade_struct(node: StructType, value: Any, path: ValuePath) -> Any:
+def _upgrade_struct(node: StructType, value: Any, where: ValuePath) -> Any:
     fields = value.fields if type(value) is Struct else value if type(value) is dict else None
     if fields is None:
         return value
     if node.version is not None:
         found = fields.pop("version", 0)
         if type(found) is not int:
-            raise ConfigError([Issue((*path, "version"), f"expected int, found {describe(found)}")])
-        value = _apply_rules(node, value, found, path)
+            raise ConfigError(
+                [Issue((*where, "version"), f"expected int, found {describe(found)}")]
+            )
+        value = _apply_rules(node, value, found, where)
         fields = value.fields if type(value) is Struct else value
     for f in node.fields:
         if f.name in fields and needs_upgrade_pass(f.type):
-            fields[f.name] = _upgrade(f.type, fields[f.name], (*path, f.name))
+            fields[f.name] = _upgrade(f.type, fields[f.name], (*where, f.name))
     return value
 
 
-def _apply_rules(node: StructType, value: Any, found: int, path: ValuePath) -> Any:
+def _apply_rules(node: StructType, value: Any, found: int, where: ValuePath) -> Any:
     cls: Any = node.cls
     current = node.version
     assert current is not None
@@ -96,7 +98,7 @@ def _apply_rules(node: StructType, value: Any, found: int, path: ValuePath) -> A
         raise ConfigError(
             [
                 Issue(
-                    (*path, "version"),
+                    (*where, "version"),
                     f"{node.name} version {found} was written by newer code; this code "
                     f"knows versions up to {current}, and never downgrades",
                 )
@@ -107,7 +109,7 @@ def _apply_rules(node: StructType, value: Any, found: int, path: ValuePath) -> A
         raise ConfigError(
             [
                 Issue(
-                    (*path, "version"),
+                    (*where, "version"),
                     f"{node.name} version {found} is older than the oldest version this "
                     f"code can upgrade ({minimum})",
                 )
@@ -127,12 +129,12 @@ def _apply_rules(node: StructType, value: Any, found: int, path: ValuePath) -> A
                 value = rule.apply(value)
             except ConfigError as e:
                 raise ConfigError(
-                    [Issue((*path, *i.path), i.message, hint=i.hint) for i in e.issues],
+                    [Issue((*where, *i.path), i.message, hint=i.hint) for i in e.issues],
                     context=context,
                 ) from None
             except Exception as e:  # e.g. a map_fn that meets a value it cannot handle
                 message = f"{rule.render()} failed: {type(e).__name__}: {e}"
-                raise ConfigError([Issue(path, message)], context=context) from e
+                raise ConfigError([Issue(where, message)], context=context) from e
     return value
 
 
