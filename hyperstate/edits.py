@@ -64,9 +64,10 @@ def apply_edit_requests(
         try:
             overrides = _read_request(fs, name)
             changes = apply_edit(config, overrides)
-        except (HyperstateError, ValueError, OSError) as e:
-            log.warning("rejected live edit %s: %s", name, e)
-            fs.pipe_file(f"{name}.rejected", f"{e}\n".encode())
+        except Exception as e:  # whatever the request holds, the run goes on without it
+            reason = str(e) if isinstance(e, HyperstateError) else f"{type(e).__name__}: {e}"
+            log.warning("rejected live edit %s: %s", name, reason)
+            fs.pipe_file(f"{name}.rejected", f"{reason}\n".encode())
         else:
             if applied is not None:
                 applied.append(overrides)

@@ -312,6 +312,10 @@ class StateManager(Generic[C, S]):
             if self.policy.best_field:
                 self._metrics[info.number] = field_metric(save.tree, self.policy.best_field)
             self._retain()
+            # This run writes here: uncommitted directories older than its newest commit
+            # are saves that crashed (never another process's save in progress).
+            assert self.store is not None
+            self.store.cleanup_uncommitted(keep_newer_than=info.number)
         return info
 
     def wait(self) -> CheckpointInfo | None:

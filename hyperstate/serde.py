@@ -312,7 +312,10 @@ def _dec_float(v: Any, where: ValuePath, cx: _Ctx) -> Any:
     if t is float:
         return v
     if t is int:
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            return cx.fail(where, f"expected float, found an integer too large for one: {describe(v)}")
     if t is str and cx.schedule is not None:
         return _schedule_start(v, where, cx, "float")
     return cx.fail(where, f"expected float, found {describe(v)}")

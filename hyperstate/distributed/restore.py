@@ -42,10 +42,9 @@ def find(ranks: Ranks, store: CheckpointStore | None, path: str | None) -> Found
 
     def choose() -> bytes:
         found: dict[str, object] = {}
-        source = None
-        if store is not None:
-            store.cleanup_uncommitted()  # this run owns the store: its crashed saves go
-            source = store.latest()
+        # Reading never deletes: an uncommitted directory may be another process's save
+        # in progress. The manager removes abandoned ones once it has committed.
+        source = store.latest() if store is not None else None
         if source is None and path is not None:
             source = checkpoint_at(path)
         if source is not None:

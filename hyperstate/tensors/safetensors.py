@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyperstate import _fs
 from hyperstate._fs import checksum
-from hyperstate.errors import BlobError
+from hyperstate.errors import BlobError, StorageError
 from hyperstate.tensors.dtypes import (
     ALIGN,
     CODES,
@@ -522,6 +522,9 @@ class BlobWriter:
                 with fs.open(path, "wb") as f:
                     write = _chunked(f.write)
                     self._stream(functools.partial(_each, write), order, sums)
+        except OSError as e:  # a full disk, a directory removed under us, a lost bucket
+            url = f"{self.directory.rstrip('/')}/{self.file}"
+            raise StorageError("write", url, str(e) or type(e).__name__) from e
         finally:
             # The writer no longer needs the tensors; let the caller free them.
             entries.value.clear()
