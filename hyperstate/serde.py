@@ -584,15 +584,24 @@ def _deferred(owner: StructType, dec: Decoder, raw: Any, where: ValuePath, cx: _
     return owner.cls.__hyperstate_pending__(load)  # type: ignore[attr-defined]
 
 
+def _plain_key(k: Any) -> Any:
+    # A key must stay hashable: a struct or list key is kept as its RON value.
+    key = plain(k)
+    return key if type(key) not in (dict, list) else k
+
+
 def plain(v: Any) -> Any:
-    """A value tree as plain Python: structs become dicts, identifiers strings."""
+    """A value tree as plain Python: structs become dicts, identifiers strings.
+
+    A map key that would become a dict or a list (a struct key) stays as it was parsed.
+    """
     t = type(v)
     if t is list:
         return [plain(x) for x in v]
     if t is tuple:
         return tuple(plain(x) for x in v)
     if t is dict:
-        return {plain(k): plain(x) for k, x in v.items()}
+        return {_plain_key(k): plain(x) for k, x in v.items()}
     if t is Struct:
         return {k: plain(x) for k, x in v.fields.items()}
     if t is Some:
@@ -811,8 +820,8 @@ def _encode_any(obj: Any, where: ValuePath, elide: bool) -> Any:
     t = type(obj)
     if obj is None or t in (bool, int, str, bytes):
         return obj
-    if t is float:
-        return obj
+    if t is float or t is Struct or t is TupleStruct or t is Ident:
+        return obj  # a struct map key of a parsed Any value is written back as it was
     if t is list:
         return [_encode_any(x, (*where, i), elide) for i, x in enumerate(obj)]
     if t is tuple:
