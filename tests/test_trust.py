@@ -98,5 +98,5 @@ def test_a_blob_write_that_fails_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "blobs").write_text("a file where the blob folder should be")
     writer = BlobWriter(tmp_path, "blobs/rank-00000.safetensors")
     writer.add("x", torch.ones(3))
-    with pytest.raises(hyperstate.StorageError, match="write .*rank-00000.safetensors"):
+    with pytest.raises(hyperstate.StorageError, match=r"write .*rank-00000\.safetensors"):
         writer.write()
