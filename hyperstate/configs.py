@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from hyperstate import _fs, ron, scheduled
@@ -157,12 +157,14 @@ def load_text(
     rank: int = 0,
     world_size: int = 1,
     per_rank_reinit: bool = False,
+    file_checksums: Mapping[str, str] | None = None,
 ) -> T:
     """:func:`load` of the ``text`` of the file at ``url`` (already read, e.g. by rank 0).
 
     ``rank`` and ``world_size`` pick each rank's ``PerRank`` values (see
     :class:`~hyperstate.PerRank`); tensors restored into a ``DTensor`` of
-    ``initial_state`` are laid out like it.
+    ``initial_state`` are laid out like it. ``file_checksums`` are those ``COMMITTED``
+    records of the blob files (see :class:`~hyperstate.tensors.safetensors.BlobReader`).
     """
     tree = ron.loads(text, path=url)
     context = dict(ctx or {})
@@ -177,6 +179,7 @@ def load_text(
         world_size=world_size,
         per_rank_reinit=per_rank_reinit,
         reshard=reshard,
+        file_checksums=file_checksums,
     ):
         return _build(cls, tree, text, url, overrides, ignore_extra_fields)
 

@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import time
@@ -32,7 +34,7 @@ from typing import Any, Generic, Literal, TypeVar
 from hyperstate import ron
 from hyperstate.configs import dumps, load, load_text, loads
 from hyperstate.distributed.collectives import Ranks
-from hyperstate.distributed.restore import find
+from hyperstate.distributed.restore import Corrupt, Found, decode_everywhere, find
 from hyperstate.distributed.save import CheckpointSave
 from hyperstate.edits import apply_edit, apply_edit_requests
 from hyperstate.errors import ConfigError, HyperstateError, Issue
@@ -53,6 +55,8 @@ __all__ = ["CheckpointPolicy", "HyperState", "StateManager"]
 
 C = TypeVar("C")
 S = TypeVar("S")
+
+log = logging.getLogger("hyperstate")
 
 
 @dataclass(frozen=True)
@@ -185,39 +189,66 @@ class StateManager(Generic[C, S]):
         overrides = list(overrides or [])
 
         # Rank 0 picks the checkpoint (or config file) and sends its text to every rank,
-        # so that all resume from the same one, with the same config.
-        found = find(self.ranks, self.store, os.fspath(path) if path is not None else None)
-        if found.info is not None:
-            source = found.info
-            config_url = f"{source.path}/{CONFIG_FILE}"
-            assert found.config_text is not None and found.state_text is not None
-            self.config = loads(config_clz, found.config_text, overrides, path=config_url)
-            self.state = self._restore(source, found.state_text)
-            self.resumed_from = source
-            self._steps = source.number if checkpoint_key is None else 0
-        elif found.config_text is not None:
-            self.config = loads(config_clz, found.config_text, overrides, path=found.name or "")
+        # so that all resume from the same one, with the same config. One whose blobs
+        # fail verification is skipped (never deleted) and the one before it tried.
+        self._corrupt: dict[int, str] = {}  # checkpoints skipped on resume, and why
+        where = os.fspath(path) if path is not None else None
+        while True:
+            found = find(self.ranks, self.store, where, self._corrupt)
+            self._corrupt |= found.skipped
+            if found.info is None:
+                break
+            try:
+                self.config, self.state = decode_everywhere(
+                    self.ranks,
+                    functools.partial(self._restore, found, overrides),
+                    f"resume from {found.info.path}",
+                )
+            except Corrupt as e:
+                log.warning("skipping checkpoint %s: %s", found.info.path, e)
+                self._corrupt[found.info.number] = str(e)
+                continue
+            self.resumed_from = found.info
+            self._steps = found.info.number if checkpoint_key is None else 0
+            break
+        if found.info is None:
+            if found.config_text is not None:
+                name = found.name or ""
+                self.config = loads(config_clz, found.config_text, overrides, path=name)
+            else:
+                self.config = load(config_clz, None, overrides)
             self.state = initial_state(self.config)
-        else:
-            self.config = load(config_clz, None, overrides)
-            self.state = initial_state(self.config)
+        if self._corrupt:
+            log.warning(
+                "%s checkpoint(s) of %s failed verification and were skipped (kept, not "
+                "counted by retention): %s",
+                len(self._corrupt),
+                self.store.url if self.store is not None else where,
+                ", ".join(map(str, sorted(self._corrupt))),
+            )
         check_schedule_fields(self.config, self.state)
         update_schedules(self.config, self.state)
 
     # -- loading --------------------------------------------------------------------------
 
-    def _restore(self, info: CheckpointInfo, state_text: str) -> S:
-        config = self.config
-        return load_text(
+    def _restore(self, found: Found, overrides: list[str]) -> tuple[C, S]:
+        info = found.info
+        assert info is not None and found.config_text is not None
+        assert found.state_text is not None
+        config_url = f"{info.path}/{CONFIG_FILE}"
+        config = loads(self.config_clz, found.config_text, overrides, path=config_url)
+        state = load_text(
             self.state_clz,
             f"{info.path}/{STATE_FILE}",
-            state_text,
+            found.state_text,
             ctx={**self._ctx, "config": config},
             initial_state=lambda c: self.initial_state(config),
             rank=self.ranks.rank,
             world_size=self.ranks.world_size,
             per_rank_reinit=self.per_rank == "reinit",
+            file_checksums={n: e.checksum for n, e in info.manifest.files.items()},
         )
+        return config, state
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -292,7 +323,12 @@ class StateManager(Generic[C, S]):
             raise HyperstateError("no checkpoint_dir was given, so there is nowhere to save")
         self.wait()  # at most one save in flight; raises an earlier save's error
         ranks = self.ranks
-        save = CheckpointSave(ranks, self.store, self._number(), staging=self._staging)
+        number = self._number()
+        if number in self._corrupt and ranks.is_coordinator:
+            moved = self.store.set_aside(number)
+            log.warning("checkpoint %s was corrupt: moved to %s to save anew", number, moved)
+            del self._corrupt[number]
+        save = CheckpointSave(ranks, self.store, number, staging=self._staging)
         save.prepare(lambda: to_value(self.state))
         self._last_checkpoint_time = time.monotonic()
         texts = {CONFIG_FILE: (dumps(self.config) + "\n").encode()} if ranks.is_coordinator else {}
@@ -351,7 +387,7 @@ class StateManager(Generic[C, S]):
             return
         best = self.policy.best_field
         if best is None:
-            self.store.retain(rules)
+            self.store.retain(rules, ignore=self._corrupt)
             return
 
         def metric(info: CheckpointInfo) -> float:
@@ -359,7 +395,7 @@ class StateManager(Generic[C, S]):
             known = self._metrics.get(info.number)
             return known if known is not None else read_metric(info, best)
 
-        self.store.retain(rules, metric)
+        self.store.retain(rules, metric, ignore=self._corrupt)
 
     @classmethod
     def load(

@@ -315,7 +315,9 @@ def _dec_float(v: Any, where: ValuePath, cx: _Ctx) -> Any:
         try:
             return float(v)
         except OverflowError:
-            return cx.fail(where, f"expected float, found an integer too large for one: {describe(v)}")
+            return cx.fail(
+                where, f"expected float, found an integer too large for one: {describe(v)}"
+            )
     if t is str and cx.schedule is not None:
         return _schedule_start(v, where, cx, "float")
     return cx.fail(where, f"expected float, found {describe(v)}")

@@ -38,7 +38,7 @@ import posixpath
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -582,14 +582,17 @@ class CheckpointStore:
         self,
         policy: RetentionPolicy,
         metrics: Mapping[int, float] | Callable[[CheckpointInfo], float] | None = None,
+        *,
+        ignore: Collection[int] = (),
     ) -> builtins.list[int]:
         """Delete the committed checkpoints ``policy`` does not keep; return their numbers.
 
         ``metrics`` (for ``keep_best``) is a metric per checkpoint number, or a function
         of a :class:`CheckpointInfo`. Only committed checkpoints are deleted, and never
-        the newest one.
+        the newest one. Checkpoints numbered in ``ignore`` (found corrupt on resume)
+        neither count nor are deleted: they wait for a person to look at them.
         """
-        infos = self.list()
+        infos = [i for i in self.list() if i.number not in ignore]
         numbers = [i.number for i in infos]
         values = {i.number: metrics(i) for i in infos} if callable(metrics) else metrics
         kept = set(policy.keep(numbers, values))
@@ -600,7 +603,51 @@ class CheckpointStore:
             self.delete(number)
         return doomed
 
+    def set_aside(self, number: int) -> str:
+        """Move committed checkpoint ``number`` out of the way, to ``corrupt-<name>-<time>``
+        beside it (never deleted: a person may want to look at it); return its new URL.
+
+        A run that found it corrupt on resume and reaches the same number again saves
+        in its place.
+        """
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        name = f"corrupt-{self.dirname(number)}-{stamp}"
+        source, target = self._fs_dir(number), posixpath.join(self._root, name)
+        self._call("move", source, self._fs.mv, source, target, True)
+        self._fs.invalidate_cache(self._root)
+        return self._url_of(target)
+
     # -- checking -----------------------------------------------------------------
+
+    def quick_check(self, info: CheckpointInfo) -> builtins.list[Problem]:
+        """The cheap part of :meth:`verify`: every file ``COMMITTED`` lists is there with
+        its size (one listing, nothing read). Resume runs it on each candidate; the
+        checksums of the blob bytes are checked as they are loaded."""
+        d = self._dir_of(info)
+        self._fs.invalidate_cache(d)
+
+        def sizes() -> dict[str, int]:
+            try:
+                found: dict[str, Any] = self._fs.find(d, detail=True)
+            except FileNotFoundError:
+                return {}
+            base = d.rstrip("/") + "/"
+            return {
+                p[len(base) :]: int(e.get("size") or 0)
+                for p, e in found.items()
+                if p.startswith(base)
+            }
+
+        present = self._call("list", d, sizes)
+        problems: builtins.list[Problem] = []
+        for name, want in sorted(info.manifest.files.items()):
+            url = f"{info.path}/{name}"
+            if name not in present:
+                problems.append(Problem(name, "missing", f"{url}: missing (listed in COMMITTED)"))
+            elif present[name] != want.size and not _is_text(name):
+                msg = f"{url}: corrupted: expected {want.size} bytes, found {present[name]}"
+                problems.append(Problem(name, "corrupted", msg))
+        return problems
 
     def verify(
         self,

@@ -2,16 +2,22 @@
 
 So that all ranks resume from the same checkpoint with the same config, rank 0 alone
 looks at the storage, reads the chosen checkpoint's text files, and broadcasts them (as
-JSON, which escapes a whole ``state.ron`` in C); every rank then decodes them itself.
+JSON, which escapes a whole ``state.ron`` in C); every rank then decodes them itself
+(:func:`decode_everywhere`), and a checkpoint whose blobs turn out corrupt on any rank
+is skipped by all of them together.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
 
 from hyperstate import _fs
 from hyperstate.distributed.collectives import Ranks
+from hyperstate.errors import BlobError, StorageError
 from hyperstate.storage import (
     COMMITTED,
     CONFIG_FILE,
@@ -22,48 +28,103 @@ from hyperstate.storage import (
     checkpoint_at,
 )
 
-__all__ = ["Found", "find"]
+__all__ = ["Corrupt", "Found", "decode_everywhere", "find"]
+
+log = logging.getLogger("hyperstate")
 
 
 @dataclass(frozen=True)
 class Found:
     """What a run starts from: a checkpoint (``info`` and both texts), a config file
-    (``config_text`` and its ``name``), or nothing (all None)."""
+    (``config_text`` and its ``name``), or nothing (all None); and the newer checkpoints
+    skipped because they failed the quick check (``skipped``: number -> reason)."""
 
     info: CheckpointInfo | None = None
     config_text: str | None = None
     state_text: str | None = None
     name: str | None = None
+    skipped: dict[int, str] = field(default_factory=dict)
 
 
-def find(ranks: Ranks, store: CheckpointStore | None, path: str | None) -> Found:
-    """Step ``find checkpoint``: the newest committed checkpoint of ``store``, else ``path``
-    (a checkpoint directory or a config file), as rank 0 sees it, on every rank."""
+class Corrupt(Exception):
+    """A checkpoint's blobs failed verification on some rank while it was decoded."""
+
+
+def find(
+    ranks: Ranks, store: CheckpointStore | None, path: str | None, skip: Collection[int] = ()
+) -> Found:
+    """Step ``find checkpoint``: the newest committed checkpoint of ``store`` that passes the
+    quick check (every file there, at its size), except those in ``skip``; else ``path``
+    (a checkpoint directory or a config file); as rank 0 sees it, on every rank."""
 
     def choose() -> bytes:
-        found: dict[str, object] = {}
+        found: dict[str, Any] = {"skipped": {}}
         # Reading never deletes: an uncommitted directory may be another process's save
         # in progress. The manager removes abandoned ones once it has committed.
-        source = store.latest() if store is not None else None
+        source = None
+        if store is not None:
+            for info in reversed(store.list()):
+                if info.number in skip:
+                    continue
+                problems = [p for p in store.quick_check(info) if p.fatal]
+                if not problems:
+                    source = info
+                    break
+                reason = "; ".join(str(p) for p in problems)
+                log.warning("skipping checkpoint %s: %s", info.path, reason)
+                found["skipped"][str(info.number)] = reason
         if source is None and path is not None:
             source = checkpoint_at(path)
         if source is not None:
-            found = {
+            texts = {
+                name: _fs.read_bytes(f"{source.path}/{name}") for name in (CONFIG_FILE, STATE_FILE)
+            }
+            for name, data in texts.items():
+                entry = source.manifest.files.get(name)
+                if entry is not None and entry.checksum != _fs.checksum(data):
+                    log.warning("%s/%s was edited since it was committed", source.path, name)
+            found |= {
                 "number": source.number,
                 "path": source.path,
                 "manifest": source.manifest.dumps(),
-                "config": _fs.read_text(f"{source.path}/{CONFIG_FILE}"),
-                "state": _fs.read_text(f"{source.path}/{STATE_FILE}"),
+                "config": texts[CONFIG_FILE].decode("utf-8"),
+                "state": texts[STATE_FILE].decode("utf-8"),
             }
         elif path is not None:
-            found = {"name": path, "config": _fs.read_text(path)}
+            found |= {"name": path, "config": _fs.read_text(path)}
         return json.dumps(found).encode()
 
     found = json.loads(ranks.run_on_coordinator("find checkpoint", choose))
+    skipped = {int(n): reason for n, reason in found["skipped"].items()}
     if "number" in found:
         manifest = Manifest.loads(found["manifest"], f"{found['path']}/{COMMITTED}")
         info = CheckpointInfo(found["number"], found["path"], manifest)
-        return Found(info, found["config"], found["state"])
+        return Found(info, found["config"], found["state"], skipped=skipped)
     if "config" in found:
-        return Found(None, found["config"], None, found["name"])
-    return Found()
+        return Found(None, found["config"], None, found["name"], skipped)
+    return Found(skipped=skipped)
+
+
+def decode_everywhere(ranks: Ranks, decode: Callable[[], Any], context: str) -> Any:
+    """Step ``restore``: run ``decode()`` on every rank; return this rank's result.
+
+    If the blobs read turned out corrupt or missing on any rank (a ``BlobError`` or a
+    ``StorageError``), every rank raises :class:`Corrupt`, so that all of them skip the
+    checkpoint together; any other error is raised as by :meth:`Ranks.run`.
+    """
+    result: list[Any] = []
+
+    def run() -> bytes:
+        try:
+            result.append(decode())
+        except (BlobError, StorageError) as e:
+            return f"{type(e).__name__}: {e}".encode()
+        return b""
+
+    reports = ranks.run("restore", run, context=context)
+    failures = {r: m.decode("utf-8", "replace") for r, m in enumerate(reports) if m}
+    if failures:
+        if ranks.distributed:
+            raise Corrupt("; ".join(f"rank {r}: {m}" for r, m in failures.items()))
+        raise Corrupt(failures[0])
+    return result[0]

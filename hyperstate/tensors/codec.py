@@ -17,10 +17,11 @@ and the ``hyperstate`` command all read tensors through it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hyperstate.errors import ConfigError, Issue, StateError, ValuePath, format_path
 from hyperstate.ron import Struct
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "Shard",
     "Sharded",
     "assemble",
     "inline_record",
@@ -130,30 +132,48 @@ def read_entry(
     return reader_of(ref.file).read(ref, map_location=map_location)
 
 
+class Shard(NamedTuple):
+    """One shard of a sharded record: where it starts, its shape, its own record."""
+
+    at: tuple[int, ...]
+    shape: tuple[int, ...]
+    record: Struct
+
+
 @dataclass(frozen=True)
 class Sharded:
-    """A checked sharded record: the global tensor and its shards' records by offset."""
+    """A checked sharded record: the global tensor and its shards, which tile it exactly."""
 
     dtype: str
     shape: tuple[int, ...]
-    shards: tuple[tuple[tuple[int, ...], Struct], ...]
+    shards: tuple[Shard, ...]
 
     def shard_where(self, where: ValuePath, i: int) -> ValuePath:
         """The value path of shard ``i``'s record, for messages."""
         return (*where, "shards", i)
 
-    def shard_ref(self, i: int, where: ValuePath) -> Struct:
+    def shard_ref(self, i: int) -> Struct:
         """Shard ``i`` as a reference record of its own (with the tensor's dtype)."""
-        fields = {"dtype": self.dtype, **self.shards[i][1].fields}
+        fields = {"dtype": self.dtype, **self.shards[i].record.fields}
         fields.pop("at", None)
         return Struct("Tensor", fields)
 
 
+# A shard layout is checked on a grid of the shards' own boundaries; a layout needing
+# more cells than this (no sharding strategy makes one) is refused before any work.
+_MAX_GRID_CELLS = 1 << 22
+
+
 def sharded_of(record: Struct, where: ValuePath) -> Sharded:
-    """The checked shards of a ``Tensor(dtype, shape, shards: [...])`` record."""
+    """The checked shards of a ``Tensor(dtype, shape, shards: [...])`` record.
+
+    The shards must tile the global shape exactly: each inside its bounds, none
+    overlapping another, no element left out. This is checked on the records alone,
+    before anything is read or allocated.
+    """
     fields = record.fields
     try:
-        shape = tuple(int(n) for n in fields["shape"])
+        shape = _dims(fields["shape"], "shape")
         dtype = fields["dtype"]
         if not isinstance(dtype, str):
             raise TypeError(f"expected a dtype name, found {dtype!r}")
@@ -161,32 +181,75 @@ def sharded_of(record: Struct, where: ValuePath) -> Sharded:
         for s in fields["shards"]:
             if type(s) is not Struct:
                 raise TypeError("each shard must be Shard(at: (...), ...)")
-            at = tuple(int(o) for o in s.fields["at"])
-            if len(at) != len(shape):
-                raise ValueError("each shard must be Shard(at: (...), ...) of the tensor's rank")
-            shards.append((at, s))
+            at = _dims(s.fields["at"], "at")
+            extent = _dims(s.fields["shape"], "shape")
+            if len(at) != len(shape) or len(extent) != len(shape):
+                raise ValueError(
+                    "each shard must be Shard(at: (...), shape: (...), ...) of the tensor's rank"
+                )
+            shards.append(Shard(at, extent, s))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ConfigError([Issue(where, f"malformed sharded tensor {record!r}: {e}")]) from None
+        raise ConfigError([Issue(where, f"malformed sharded tensor: {e}")]) from None
     if torch_dtype(dtype) is None:
         raise ConfigError([Issue(where, f"unsupported dtype {dtype!r} of a sharded tensor")])
+    problem = _tiling_problem(shape, shards)
+    if problem is not None:
+        raise StateError(f"{format_path(where)}: the shards of a {shape} tensor {problem}")
     return Sharded(dtype, shape, tuple(shards))
 
 
-def assemble(
-    sharded: Sharded, parts: list[tuple[tuple[int, ...], Any]], where: ValuePath
-) -> torch.Tensor:
-    """The whole tensor of ``sharded`` from its ``parts`` (global offset, tensor)."""
+def _dims(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) not in (tuple, list) or not all(
+        type(n) is int and 0 <= n < 1 << 62 for n in value
+    ):
+        raise ValueError(f"expected {what} as a tuple of non-negative ints, found {value!r}")
+    return tuple(value)
+
+
+def _tiling_problem(shape: tuple[int, ...], shards: list[Shard]) -> str | None:
+    """What keeps ``shards`` from tiling ``shape`` exactly, or None when they do."""
+    import numpy as np
+
+    for i, shard in enumerate(shards):
+        for a, n, dim in zip(shard.at, shard.shape, shape, strict=True):
+            if a + n > dim:
+                return f"do not fit: shard {i} at {shard.at} of shape {shard.shape} reaches past it"
+    total = math.prod(shape)
+    covered = sum(math.prod(s.shape) for s in shards)
+    if covered != total:
+        return f"cover {covered} of {total} elements"
+    if total == 0:
+        return None
+    # Cut each dimension at every shard's boundaries: each shard is then a box of grid
+    # cells, and the shards tile the tensor exactly when every cell is covered once.
+    cuts = [
+        sorted({0, dim, *(s.at[d] for s in shards), *(s.at[d] + s.shape[d] for s in shards)})
+        for d, dim in enumerate(shape)
+    ]
+    cells = math.prod(len(c) - 1 for c in cuts)
+    if cells > max(_MAX_GRID_CELLS, 4 * len(shards)):
+        return f"are laid out irregularly ({cells} grid cells for {len(shards)} shards)"
+    count = np.zeros([len(c) - 1 for c in cuts], dtype=np.int32)
+    for s in shards:
+        box = tuple(
+            slice(bisect.bisect_left(c, a), bisect.bisect_left(c, a + n))
+            for c, a, n in zip(cuts, s.at, s.shape, strict=True)
+        )
+        count[box] += 1
+    if (count != 1).any():
+        return "overlap (and so leave elements out)"
+    return None
+
+
+def assemble(sharded: Sharded, parts: list[tuple[tuple[int, ...], Any]]) -> torch.Tensor:
+    """The whole tensor of ``sharded`` from its ``parts`` (global offset, tensor), which
+    :func:`sharded_of` checked tile it."""
     import torch
 
     dtype = torch_dtype(sharded.dtype)
     assert dtype is not None  # sharded_of checked it
     device = parts[0][1].device if parts else torch.device("cpu")
     whole = torch.empty(sharded.shape, dtype=dtype, device=device)
-    covered = sum(int(p.numel()) for _, p in parts)
-    if covered != math.prod(sharded.shape):
-        raise StateError(
-            f"{format_path(where)}: the shards cover {covered} of {whole.numel()} elements"
-        )
     for at, part in parts:
         whole[tuple(slice(a, a + n) for a, n in zip(at, part.shape, strict=True))] = part
     return whole
@@ -201,15 +264,12 @@ def read(record: Struct, where: ValuePath, reader_of: ReaderOf, map_location: An
         sharded = sharded_of(record, where)
         parts = [
             (
-                at,
+                shard.at,
                 read_entry(
-                    sharded.shard_ref(i, where),
-                    sharded.shard_where(where, i),
-                    reader_of,
-                    map_location,
+                    sharded.shard_ref(i), sharded.shard_where(where, i), reader_of, map_location
                 ),
             )
-            for i, (at, _) in enumerate(sharded.shards)
+            for i, shard in enumerate(sharded.shards)
         ]
-        return assemble(sharded, parts, where)
+        return assemble(sharded, parts)
     return read_entry(record, where, reader_of, map_location)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from hyperstate.errors import ValuePath
@@ -69,6 +69,7 @@ class Source:
         world_size: int,
         per_rank_reinit: bool,
         reshard: Reshard | None,
+        file_checksums: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = directory
         self.ctx = ctx
@@ -79,6 +80,7 @@ class Source:
         self.world_size = world_size
         self.per_rank_reinit = per_rank_reinit
         self.reshard = reshard
+        self.file_checksums = dict(file_checksums or {})
         self._readers: dict[str, BlobReader] = {}
         self._lock = threading.Lock()
         self.state_dicts: dict[int, Any] = {}  # of stateful initial objects, by id
@@ -88,7 +90,12 @@ class Source:
         with self._lock:
             reader = self._readers.get(file)
             if reader is None:
-                reader = self._readers[file] = BlobReader(self.directory, file, verify=self.verify)
+                reader = self._readers[file] = BlobReader(
+                    self.directory,
+                    file,
+                    verify=self.verify,
+                    file_checksum=self.file_checksums.get(file),
+                )
             return reader
 
 
@@ -140,12 +147,14 @@ def reading_blobs(
     world_size: int = 1,
     per_rank_reinit: bool = False,
     reshard: Reshard | None = None,
+    file_checksums: Mapping[str, str] | None = None,
 ) -> Iterator[Source]:
     """Within the block, tensor records are resolved against ``directory``.
 
     ``rank`` and ``world_size`` choose each rank's value of ``PerRank`` fields;
     ``per_rank_reinit`` keeps the initial value of those saved by another number of
-    ranks; ``reshard`` lays tensors out like the ``initial`` objects they restore into.
+    ranks; ``reshard`` lays tensors out like the ``initial`` objects they restore into;
+    ``file_checksums`` (from ``COMMITTED``) check the blob files whose records lost theirs.
     """
     source = Source(
         directory,
@@ -157,6 +166,7 @@ def reading_blobs(
         world_size,
         per_rank_reinit,
         reshard,
+        file_checksums,
     )
     with using_source(source):
         yield source

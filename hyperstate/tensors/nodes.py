@@ -358,23 +358,23 @@ def _decode_array(v: Struct, where: ValuePath) -> Any:
             lo: tuple[int, ...] | None = None, hi: tuple[int, ...] | None = None
         ) -> list[tuple[tuple[int, ...], Any]]:
             out = []
-            for i, (at, record) in enumerate(sharded.shards):
-                if lo is not None and hi is not None and not _overlaps(at, record, lo, hi):
+            for i, shard in enumerate(sharded.shards):
+                if lo is not None and hi is not None and not _overlaps(shard, lo, hi):
                     continue  # read only the shards that overlap this rank's part
                 entry = codec.read_entry(
-                    sharded.shard_ref(i, where),
+                    sharded.shard_ref(i),
                     sharded.shard_where(where, i),
                     source.reader,
                     source.map_location,
                 )
-                out.append((at, entry))
+                out.append((shard.at, entry))
             return out
 
         if source.reshard is not None:
             fitted = source.reshard(initial_object(where), sharded.shape, parts, where)
             if fitted is not None:
                 return fitted
-        return codec.assemble(sharded, parts(), where)
+        return codec.assemble(sharded, parts())
     value = codec.read_entry(v, where, source.reader, source.map_location)
     if source.reshard is not None and source.world_size > 1 and v.name == "Tensor":
         whole = [((0,) * value.dim(), value)]
@@ -384,14 +384,10 @@ def _decode_array(v: Struct, where: ValuePath) -> Any:
     return value
 
 
-def _overlaps(
-    at: tuple[int, ...], record: Struct, lo: tuple[int, ...], hi: tuple[int, ...]
-) -> bool:
-    try:
-        shape = tuple(int(n) for n in record.fields["shape"])
-    except (KeyError, TypeError, ValueError):
-        return True  # read it: the read reports what is wrong with it
-    return all(a < h and a + n > low for a, n, low, h in zip(at, shape, lo, hi, strict=False))
+def _overlaps(shard: codec.Shard, lo: tuple[int, ...], hi: tuple[int, ...]) -> bool:
+    return all(
+        a < h and a + n > low for a, n, low, h in zip(shard.at, shard.shape, lo, hi, strict=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -815,6 +815,9 @@ class BlobReader:
             symlinks that lead outside ``directory`` are refused with a ``BlobError``.
         verify: check each entry's bytes against the checksum in its ref (xxh3-64,
             several GB/s). Turn off only for data you already trust.
+        file_checksum: the checksum of the whole file (as ``COMMITTED`` records it): a
+            ref without a checksum of its own is checked against it, once; without it,
+            such a ref is refused when ``verify`` is on.
 
     Nothing is read until it is needed: first the header (checked: its size, every
     entry's dtype, shape and offsets, entries tiling the data exactly as safetensors
@@ -828,10 +831,19 @@ class BlobReader:
     read until it is closed or dropped.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], file: str, verify: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        file: str,
+        verify: bool = True,
+        *,
+        file_checksum: str | None = None,
+    ) -> None:
         self.directory = os.fspath(directory)
         self.file = _check_relative(file)
         self.verify = verify
+        self.file_checksum = file_checksum
+        self._file_verified = False
         self._fs, self._path, self._local = _resolve(self.directory, self.file)
         self._lock = threading.RLock()
         self._entries: dict[str, _Info] | None = None
@@ -1149,7 +1161,12 @@ class BlobReader:
         return data, 0
 
     def _verify(self, ref: BlobRef, info: _Info) -> None:
-        if not self.verify or not ref.checksum:
+        if not self.verify:
+            return
+        if not ref.checksum:
+            # A record that lost its checksum is not "unverified": the whole file's
+            # checksum (from COMMITTED) covers its bytes. Without one, it is refused.
+            self._verify_file(ref)
             return
         digest = self._digests.get(ref.key)
         if digest is None:
@@ -1166,6 +1183,35 @@ class BlobReader:
                 self.file,
                 ref.key,
             )
+
+    def _verify_file(self, ref: BlobRef) -> None:
+        if self._file_verified:
+            return
+        if self.file_checksum is None:
+            raise BlobError(
+                "expected a checksum in the record, found none, and no checksum of the whole "
+                "file (a committed checkpoint's COMMITTED) to check the bytes against; pass "
+                "verify=False to read them unchecked",
+                self.file,
+                ref.key,
+            )
+        if self._local:
+            assert self._view is not None
+            digest = checksum(self._view)
+        else:
+            h = _fs.hasher()
+            with self._fs.open(self._path, "rb") as f:
+                while chunk := f.read(_REMOTE_CHUNK):
+                    h.update(chunk)
+            digest = _fs.digest(h)
+        if digest != self.file_checksum:
+            raise BlobError(
+                f"expected the file checksum {self.file_checksum} that COMMITTED records, "
+                f"found {digest}: the file is corrupted or was replaced",
+                self.file,
+                ref.key,
+            )
+        self._file_verified = True
 
     def _array(self, ref: BlobRef, info: _Info) -> np.ndarray[Any, Any]:
         import numpy as np
