@@ -10,25 +10,37 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from typing import Any
+import stat
+from typing import IO, Any
 
 import xxhash
 
+from hyperstate.errors import ParseError, StorageError
+
 __all__ = [
     "CHECKSUM_PREFIX",
+    "MAX_TEXT_BYTES",
     "check_relpath",
+    "decode_text",
     "checksum",
     "digest",
     "fsync_dir",
     "hasher",
     "is_checksum",
     "is_local",
+    "open_from",
+    "open_regular",
     "read_bytes",
+    "read_from",
     "read_text",
     "split_url",
     "url_to_fs",
     "write_atomic",
 ]
+
+MAX_TEXT_BYTES = 1 << 30
+"""The largest text file (``state.ron``, ``config.ron``, ``COMMITTED``, an edit request)
+hyperstate reads: 1 GiB, far above the text of any real state (tensors are in blobs)."""
 
 CHECKSUM_PREFIX = "xxh3-64:"
 """How every checksum hyperstate records starts: ``xxh3-64:<16 hex digits>``."""
@@ -119,16 +131,112 @@ def is_local(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """The whole content of a file at a local path or fsspec URL."""
-    fs, fs_path = url_to_fs(path)
-    data: bytes = fs.cat_file(fs_path)
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(fs_path: str, url: str, *, within: str | None = None) -> IO[bytes]:
+    """Open a local file for reading if it is a regular file (inside local folder
+    ``within``, after following links, when given).
+
+    A FIFO, a device or a socket is refused without blocking on it (it is opened
+    non-blocking and checked before anything is read), and so is a link that leads out
+    of ``within``. Raises ``FileNotFoundError`` when there is nothing at ``fs_path``, and
+    :class:`~hyperstate.errors.StorageError` naming ``url`` otherwise.
+    """
+    if within is not None:
+        root, real = os.path.realpath(within), os.path.realpath(fs_path)
+        if os.path.commonpath([root, real]) != root:
+            reason = f"expected a file inside {root}, found a link to {real}"
+            raise StorageError("read", url, reason)
+    try:
+        fd = os.open(fs_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        raise StorageError("read", url, "expected a regular file, found a directory") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise StorageError("read", url, f"expected a regular file, found {_kind(mode)}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(
+    path: str | os.PathLike[str], *, within: str | None = None, limit: int = MAX_TEXT_BYTES
+) -> bytes:
+    """The whole content of a file at a local path or fsspec URL, of at most ``limit``
+    bytes; a local one must be a regular file, inside folder ``within`` when given (see
+    :func:`open_regular`).
+
+    Raises ``FileNotFoundError`` when there is no such file, and
+    :class:`~hyperstate.errors.StorageError` for a special file, a link out of
+    ``within``, or a file over ``limit``.
+    """
+    url = os.fspath(path)
+    fs, fs_path = url_to_fs(url)
+    root = url_to_fs(within)[1] if within is not None else None
+    return read_from(fs, fs_path, url, within=root, limit=limit)
+
+
+def open_from(fs: Any, fs_path: str, url: str, *, within: str | None = None) -> IO[bytes]:
+    """``fs_path`` on the fsspec filesystem ``fs``, open for reading; a local file as by
+    :func:`open_regular`."""
+    if is_local(fs):
+        return open_regular(fs_path, url, within=within)
+    try:
+        f: IO[bytes] = fs.open(fs_path, "rb")
+    except IsADirectoryError:
+        raise StorageError("read", url, "expected a regular file, found a directory") from None
+    return f
+
+
+def read_from(
+    fs: Any, fs_path: str, url: str, *, within: str | None = None, limit: int = MAX_TEXT_BYTES
+) -> bytes:
+    """:func:`read_bytes` of ``fs_path`` on the fsspec filesystem ``fs`` (``within`` is a
+    path on it too); errors name ``url``."""
+    with open_from(fs, fs_path, url, within=within) as f:
+        data: bytes = f.read(limit + 1)
+    if len(data) > limit:
+        raise StorageError("read", url, f"expected a text file of at most {limit} bytes")
     return data
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
-    """A UTF-8 text file at a local path or fsspec URL."""
-    return read_bytes(path).decode("utf-8")
+def decode_text(data: bytes, url: str) -> str:
+    """``data`` as UTF-8 text; bytes that are not are a
+    :class:`~hyperstate.errors.ParseError` at their line and column in ``url``."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        start = data.rfind(b"\n", 0, e.start) + 1
+        end = data.find(b"\n", e.start)
+        line = data.count(b"\n", 0, e.start) + 1
+        col = len(data[start : e.start].decode("utf-8", "replace")) + 1
+        source = data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
+        found = data[e.start : e.end].hex(" ")
+        msg = f"expected UTF-8 text, found the byte(s) {found} (byte offset {e.start})"
+        raise ParseError(msg, url, line, col, source) from None
+
+
+def read_text(
+    path: str | os.PathLike[str], *, within: str | None = None, limit: int = MAX_TEXT_BYTES
+) -> str:
+    """A UTF-8 text file at a local path or fsspec URL, read as by :func:`read_bytes` and
+    decoded by :func:`decode_text`."""
+    return decode_text(read_bytes(path, within=within, limit=limit), os.fspath(path))
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *more: bytes) -> None:

@@ -62,7 +62,7 @@ def apply_edit_requests(
         if not name.endswith(".ron") or name in done:
             continue
         try:
-            overrides = _read_request(fs, name)
+            overrides = _read_request(fs, name, root)
             changes = apply_edit(config, overrides)
         except Exception as e:  # whatever the request holds, the run goes on without it
             reason = str(e) if isinstance(e, HyperstateError) else f"{type(e).__name__}: {e}"
@@ -79,8 +79,10 @@ def apply_edit_requests(
     return handled
 
 
-def _read_request(fs: Any, name: str) -> list[str]:
-    value = ron.loads(fs.cat_file(name).decode("utf-8"), path=name)
+def _read_request(fs: Any, name: str, root: str) -> list[str]:
+    # A regular file inside edits/ only, of bounded size: a FIFO must not hang the run.
+    text = _fs.decode_text(_fs.read_from(fs, name, name, within=root), name)
+    value = ron.loads(text, path=name)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise HyperstateError(f'{name}: expected a list of "path=value" strings')
     return value

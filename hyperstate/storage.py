@@ -420,7 +420,7 @@ class CheckpointStore:
         def scan() -> FileEntry:
             h = _fs.hasher()
             size = 0
-            with self._fs.open(fs_path, "rb") as f:
+            with _fs.open_from(self._fs, fs_path, self._url_of(fs_path), within=self._root) as f:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
                     size += len(chunk)
@@ -467,7 +467,9 @@ class CheckpointStore:
 
         def read() -> bytes | None:
             try:
-                data: bytes = self._fs.cat_file(marker)
+                data = _fs.read_from(
+                    self._fs, marker, self._url_of(marker), within=self._fs_dir(number)
+                )
             except FileNotFoundError:
                 return None
             return data
@@ -917,8 +919,8 @@ def checkpoint_at(url: str) -> CheckpointInfo | None:
     marker = f"{fs_path.rstrip('/')}/{COMMITTED}"
     where = f"{url.rstrip('/')}/{COMMITTED}"
     try:
-        data: bytes = fs.cat_file(marker)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        data = _fs.read_from(fs, marker, where, within=fs_path)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         raise StorageError("read manifest", where, _reason(exc)) from exc

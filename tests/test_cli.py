@@ -44,7 +44,7 @@ def python(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess[st
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], command: str) -> str:
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"hyperstate {command}: error: "), result.stderr
@@ -158,7 +158,7 @@ def test_ls_keep_best_reads_the_metric(run: Path, capsys: pytest.CaptureFixture[
     data = json.loads(capsys.readouterr().out)
     kept = sorted(c["number"] for c in data["checkpoints"] if c["keep"])
     assert kept == [2, 4]  # the best (loss 0.2) and, always, the newest
-    assert main(["ls", str(run), "--keep-best", "1"]) == 1
+    assert main(["ls", str(run), "--keep-best", "1"]) == 2
     assert "--keep-best needs --best-field" in capsys.readouterr().err
 
 
@@ -391,10 +391,23 @@ def test_schedule_prints_values_and_a_plot() -> None:
 
 def test_schedule_parse_error_points_at_the_token() -> None:
     result = hs("schedule", "step: 3e-4@0 cosx 0@100")
-    assert result.returncode == 1
-    first, text, caret = result.stderr.splitlines()
+    assert result.returncode == 2
+    (first,) = result.stderr.splitlines()  # one line for a script or a log
     assert first.startswith("hyperstate schedule: error: schedule ")
     assert "found 'cosx'" in first
+    # On a terminal, the offending text follows with a caret under the spot.
+    controller, terminal = pty.openpty()
+    try:
+        code = subprocess.run(
+            [HYPERSTATE, "schedule", "step: 3e-4@0 cosx 0@100"], stderr=terminal, timeout=120
+        ).returncode
+        shown = os.read(controller, 65536).decode().replace("\r\n", "\n")
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert code == 2
+    first, text, caret = shown.splitlines()
+    assert first == result.stderr.strip()
     assert caret.index("^") == text.index("cosx")
 
 
@@ -413,7 +426,7 @@ def test_schedule_png_without_matplotlib_says_how_to_install(tmp_path: Path) -> 
         f"sys.exit(main(['schedule', 'step: 1@0 2@10', '--png', {str(tmp_path / 'x.png')!r}]))"
     )
     result = python(code)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr == (
         "hyperstate schedule: error: --png needs matplotlib: pip install 'hyperstate[plot]'\n"
     )

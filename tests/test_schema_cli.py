@@ -169,7 +169,7 @@ def test_file_newer_than_code_is_refused(project: Path) -> None:
 
 def test_missing_schema_file_is_a_clear_error(project: Path) -> None:
     result = run(project, "check-schema", "--schema", "nope.ron")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "no schema file at nope.ron; create it with dump-schema" in result.stderr
 
 

@@ -61,34 +61,33 @@ def find(
         found: dict[str, Any] = {"skipped": {}}
         # Reading never deletes: an uncommitted directory may be another process's save
         # in progress. The manager removes abandoned ones once it has committed.
-        source = None
+        source, texts = None, None
         if store is not None:
             for info in reversed(store.list()):
                 if info.number in skip:
                     continue
-                problems = [p for p in store.quick_check(info) if p.fatal]
+                problems = [str(p) for p in store.quick_check(info) if p.fatal]
+                if not problems:
+                    try:
+                        texts = _read_texts(info)
+                    except StorageError as e:
+                        problems.append(str(e))
                 if not problems:
                     source = info
                     break
-                reason = "; ".join(str(p) for p in problems)
+                reason = "; ".join(problems)
                 log.warning("skipping checkpoint %s: %s", info.path, reason)
                 found["skipped"][str(info.number)] = reason
         if source is None and path is not None:
             source = checkpoint_at(path)
-        if source is not None:
-            texts = {
-                name: _fs.read_bytes(f"{source.path}/{name}") for name in (CONFIG_FILE, STATE_FILE)
-            }
-            for name, data in texts.items():
-                entry = source.manifest.files.get(name)
-                if entry is not None and entry.checksum != _fs.checksum(data):
-                    log.warning("%s/%s was edited since it was committed", source.path, name)
+            texts = _read_texts(source) if source is not None else None
+        if source is not None and texts is not None:
             found |= {
                 "number": source.number,
                 "path": source.path,
                 "manifest": source.manifest.dumps(),
-                "config": texts[CONFIG_FILE].decode("utf-8"),
-                "state": texts[STATE_FILE].decode("utf-8"),
+                "config": _fs.decode_text(texts[CONFIG_FILE], f"{source.path}/{CONFIG_FILE}"),
+                "state": _fs.decode_text(texts[STATE_FILE], f"{source.path}/{STATE_FILE}"),
             }
         elif path is not None:
             found |= {"name": path, "config": _fs.read_text(path)}
@@ -103,6 +102,23 @@ def find(
     if "config" in found:
         return Found(None, found["config"], None, found["name"], skipped)
     return Found(skipped=skipped)
+
+
+def _read_texts(info: CheckpointInfo) -> dict[str, bytes]:
+    """The text files of checkpoint ``info``, warning about those edited since commit.
+
+    Only regular files inside the checkpoint are read, of bounded size: a link to a file
+    outside it is refused (a ``StorageError``), never quoted in an error.
+    """
+    texts = {
+        name: _fs.read_bytes(f"{info.path}/{name}", within=info.path)
+        for name in (CONFIG_FILE, STATE_FILE)
+    }
+    for name, data in texts.items():
+        entry = info.manifest.files.get(name)
+        if entry is not None and entry.checksum != _fs.checksum(data):
+            log.warning("%s/%s was edited since it was committed", info.path, name)
+    return texts
 
 
 def decode_everywhere(ranks: Ranks, decode: Callable[[], Any], context: str) -> Any:

@@ -962,9 +962,12 @@ class BlobReader:
             return self._text
         if self._local:
             try:
-                f = open(self._path, "rb")  # noqa: SIM115 - kept open only to map it
+                # A regular file only: a FIFO or a device would block or never end.
+                f = _fs.open_regular(self._path, self.file)
             except FileNotFoundError:
                 raise BlobError("the blob file does not exist", self.file) from None
+            except StorageError as e:
+                raise BlobError(e.reason, self.file) from None
             with f:
                 size = os.fstat(f.fileno()).st_size
                 length = self._header_length(f.read(8), size)
@@ -1067,7 +1070,7 @@ class BlobReader:
         """Say precisely what is wrong with an entry the fast path refused."""
         if not isinstance(spec, dict):
             msg = f"expected an object with dtype, shape and data_offsets, found {spec!r}"
-        elif spec.get("dtype") not in NAME_OF_CODE:
+        elif not isinstance(spec.get("dtype"), str) or spec["dtype"] not in NAME_OF_CODE:
             msg = f"expected a dtype among {sorted(NAME_OF_CODE)}, found {spec.get('dtype')!r}"
         elif not isinstance(spec.get("shape"), list) or not all(
             _is_int(n) and n >= 0 for n in spec["shape"]

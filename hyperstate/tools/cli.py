@@ -76,17 +76,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (_CommandError, HyperstateError, OSError, ValueError, ImportError) as e:
         print(_error_text(args.group, e), file=sys.stderr)
-        return 1
+        return 2
+    except Exception as e:  # one line, never a traceback, whatever the input
+        print(_error_text(args.group, e, internal=True), file=sys.stderr)
+        return 2
 
 
-def _error_text(command: str, error: BaseException) -> str:
+def _error_text(command: str, error: BaseException, *, internal: bool = False) -> str:
+    """The one line an error prints: ``hyperstate CMD: error: ...``.
+
+    A parse error's source line and caret follow it only on a terminal (a log or a script
+    reading stderr gets one line). An ``internal`` error (not one hyperstate raised on
+    purpose) names its type, so that it can be reported.
+    """
     text = str(error).strip() or type(error).__name__
     if isinstance(error, FileNotFoundError) and error.filename:
         text = f"{error.filename}: no such file or directory"
+    if internal:
+        text = f"internal error (please report it): {type(error).__name__}: {text}"
     first, _, rest = text.partition("\n")
     line = f"hyperstate {command}: error: {first}"
-    # Parse errors carry the offending line with a caret under the spot: keep it.
-    if rest and isinstance(error, ParseError | hyperstate.ScheduleError):
+    if rest and isinstance(error, ParseError | hyperstate.ScheduleError) and sys.stderr.isatty():
         line += "\n" + rest
     return line
 
@@ -410,10 +420,13 @@ def _target(path: str, step: int | None, prefix: str, *, committed: bool = False
     return _Target(found.path, found.path, documents(found), found)
 
 
-def _read_tree(url: str) -> Any:
+def _read_tree(target: _Target, url: str) -> Any:
+    """The value tree of one of ``target``'s files: one inside a checkpoint directory must
+    be a regular file there (a link out of it is refused, never quoted)."""
     from hyperstate import _fs, ron
 
-    return ron.loads(_fs.read_text(url), path=url)
+    within = None if url == target.label else target.directory
+    return ron.loads(_fs.read_text(url, within=within), path=url)
 
 
 # ---------------------------------------------------------------------------------------
@@ -514,7 +527,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from hyperstate.tools.convert import ConvertError, iter_tensors, parse_path, resolve
 
     target = _target(args.ckpt, args.step, args.prefix)
-    trees = {name: _read_tree(url) for name, url in target.files.items()}
+    trees = {name: _read_tree(target, url) for name, url in target.files.items()}
     if not trees:
         raise _CommandError(f"{target.label} has no config.ron or state.ron")
     if args.field:
@@ -778,7 +791,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         pairs = [(n, a.files[n], b.files[n]) for n in shared]
     changes: list[_Change] = []
     for name, url_a, url_b in pairs:
-        _diff(_read_tree(url_a), _read_tree(url_b), [name] if name else [], changes)
+        _diff(_read_tree(a, url_a), _read_tree(b, url_b), [name] if name else [], changes)
     if args.values:
         readers: tuple[dict[str, BlobReader], dict[str, BlobReader]] = ({}, {})
         for c in changes:

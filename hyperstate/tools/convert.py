@@ -718,7 +718,7 @@ def export_safetensors(
 
     directory = os.fspath(checkpoint).rstrip("/")
     state_path = f"{directory}/{STATE_FILE}"
-    tree = ron.loads(_fs.read_text(state_path), path=state_path)
+    tree = ron.loads(_fs.read_text(state_path, within=directory), path=state_path)
     base: tuple[Segment, ...] = ()
     if select:
         tree = resolve(tree, select)

@@ -96,7 +96,7 @@ def run_command(config_clz: type, args: argparse.Namespace, out: TextIO | None =
             return _upgrade_configs(config_clz, args.files, args.dry_run, out)
     except (HyperstateError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     raise ValueError(f"unknown command {args.command!r}")
 
 
@@ -107,7 +107,7 @@ def _check(config_clz: type, schema_path: str, rewrite: bool, out: TextIO, color
             f"error: no schema file at {schema_path}; create it with dump-schema",
             file=sys.stderr,
         )
-        return 1
+        return 2
     checker = SchemaChecker(load_schema(schema_path), config_clz)
     print(_colorize(checker.report(), color), file=out)
     if checker.severity() >= Severity.WARN:
