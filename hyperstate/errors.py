@@ -7,6 +7,7 @@ when the message is rendered.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,9 @@ __all__ = [
     "ScheduleError",
     "StateError",
     "StorageError",
+    "format_int",
     "format_path",
+    "format_value",
 ]
 
 PathSegment = str | int | object
@@ -76,14 +79,97 @@ def format_path(where: Sequence[PathSegment]) -> str:
         if isinstance(seg, bool) or not isinstance(seg, int | str):
             # An enum key (a RON unit variant or a Python Enum member) as it is written.
             name = getattr(seg, "name", None)
-            out.append(f"[{name}]" if isinstance(name, str) else f"[{seg!r}]")
+            out.append(f"[{name}]" if isinstance(name, str) else f"[{format_value(seg)}]")
         elif isinstance(seg, int):
-            out.append(f"[{seg}]")
+            out.append(f"[{format_int(int(seg))}]")
         elif seg.isidentifier():
             out.append(f".{seg}" if out else seg)
         else:
             out.append(f"[{_quote(seg)}]")
     return "".join(out) or "<root>"
+
+
+# Long numbers in an override shown by a message are abbreviated, as format_int does.
+_long_number = re.compile(r"0[xX][0-9A-Fa-f_]{41,}|[0-9]{41,}")
+
+
+def _abbreviate(m: re.Match[str]) -> str:
+    text = m[0]
+    hex_prefix, digits = (text[:2], text[2:]) if text[1:2] in "xX" else ("", text)
+    kind = "hex digits" if hex_prefix else "digits"
+    head, tail = digits[:_END_DIGITS], digits[-_END_DIGITS:]
+    return f"{hex_prefix}{head}...{tail} ({len(digits)} {kind})"
+
+
+# Ints of more digits are shown by their first and last digits and their length.
+_WHOLE_DIGITS = 40
+_END_DIGITS = 10
+_LOG10_2 = 0.30102999566398120
+
+
+def format_int(value: int) -> str:
+    """An integer as a message shows it: whole up to 40 digits, else abbreviated.
+
+    Python refuses to write ints of more than ``sys.get_int_max_str_digits()`` digits
+    (``str`` raises), and a message is no place for thousands of digits anyway.
+
+    >>> format_int(-1234)
+    '-1234'
+    >>> format_int(7 * 10**50 + 1)
+    '7000000000...0000000001 (51 digits)'
+    """
+    magnitude = -value if value < 0 else value
+    if magnitude < 10**_WHOLE_DIGITS:
+        return int.__repr__(value)
+    # 2**(bits-1) <= magnitude < 2**bits: the estimate is the count or one short of it.
+    digits = int((magnitude.bit_length() - 1) * _LOG10_2) + 1
+    power = 10 ** (digits - 1)
+    while power > magnitude:  # guards against rounding in the estimate
+        digits -= 1
+        power //= 10
+    while power * 10 <= magnitude:
+        digits += 1
+        power *= 10
+    head = magnitude // (power // 10 ** (_END_DIGITS - 1))
+    tail = magnitude % 10**_END_DIGITS
+    sign = "-" if value < 0 else ""
+    return f"{sign}{head}...{tail:0{_END_DIGITS}d} ({digits} digits)"
+
+
+def format_value(value: object) -> str:
+    """``repr(value)`` for a message, with the ints in it written by :func:`format_int`.
+
+    >>> format_value(("a", [1.5, 10**60]))
+    "('a', [1.5, 1000000000...0000000000 (61 digits)])"
+    """
+    return _format_value(value, set())
+
+
+def _format_value(value: object, open_ids: set[int]) -> str:
+    if type(value) is int:
+        return format_int(value)
+    if type(value) is dict:
+        if id(value) in open_ids:  # a container that holds itself, shown as repr does
+            return "{...}"
+        open_ids.add(id(value))
+        inner = ", ".join(
+            f"{_format_value(k, open_ids)}: {_format_value(v, open_ids)}" for k, v in value.items()
+        )
+        open_ids.discard(id(value))
+        return "{" + inner + "}"
+    if type(value) is list or type(value) is tuple:
+        if id(value) in open_ids:
+            return "[...]"
+        open_ids.add(id(value))
+        inner = ", ".join(_format_value(item, open_ids) for item in value)
+        open_ids.discard(id(value))
+        if type(value) is list:
+            return "[" + inner + "]"
+        return "(" + inner + ("," if len(value) == 1 else "") + ")"
+    try:
+        return repr(value)
+    except ValueError:  # an int past sys.int_max_str_digits inside some other object
+        return f"<{type(value).__name__}>"
 
 
 def _quote(text: str) -> str:
@@ -112,7 +198,7 @@ class Issue:
     def __str__(self) -> str:
         text = f"{self.message} at {format_path(self.path)}" if self.path else self.message
         if self.override is not None:
-            text += f" (from override {self.override!r})"
+            text += f" (from override {_long_number.sub(_abbreviate, self.override)!r})"
         if self.location is not None:
             text = f"{self.location}: {text}"
         if self.hint:
@@ -144,7 +230,23 @@ class ConfigError(HyperstateError, ValueError):
 
 
 class StateError(HyperstateError):
-    """A state cannot be saved or restored (e.g. a stateful field with no object to load into)."""
+    """A state cannot be saved or restored (e.g. a stateful field with no object to load into).
+
+    Attributes:
+        msg: what was expected and what was found.
+        at: where the value stands, when known: its ``state.ron:line:col`` and path.
+    """
+
+    def __init__(self, msg: str, at: str | None = None) -> None:
+        self.msg = msg
+        self.at = at
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.at}: {self.msg}" if self.at else self.msg
+
+    def __reduce__(self) -> tuple[type[StateError], tuple[str, str | None]]:
+        return (type(self), (self.msg, self.at))
 
 
 class StorageError(HyperstateError):
@@ -181,22 +283,30 @@ class BlobError(HyperstateError):
         msg: what was expected and what was found.
         file: the blob file (as the checkpoint names it), when known.
         key: the entry in that file, when known.
+        at: where the record that refers to it stands, when known: its
+            ``state.ron:line:col`` and value path.
     """
 
-    def __init__(self, msg: str, file: str | None = None, key: str | None = None) -> None:
+    def __init__(
+        self, msg: str, file: str | None = None, key: str | None = None, at: str | None = None
+    ) -> None:
         self.msg = msg
         self.file = file
         self.key = key
+        self.at = at
         super().__init__(str(self))
 
     def __str__(self) -> str:
         where = self.file or ""
         if self.key is not None:
             where = f"{where} entry {self.key!r}".strip()
-        return f"{where}: {self.msg}" if where else self.msg
+        text = f"{where}: {self.msg}" if where else self.msg
+        return f"{self.at}: {text}" if self.at else text
 
-    def __reduce__(self) -> tuple[type[BlobError], tuple[str, str | None, str | None]]:
-        return (type(self), (self.msg, self.file, self.key))
+    def __reduce__(
+        self,
+    ) -> tuple[type[BlobError], tuple[str, str | None, str | None, str | None]]:
+        return (type(self), (self.msg, self.file, self.key, self.at))
 
 
 class ScheduleError(HyperstateError, ValueError):

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperstate import ron
-from hyperstate.errors import ConfigError, Issue, PathSegment, ValuePath, format_path
+from hyperstate.errors import (
+    ConfigError,
+    Issue,
+    PathSegment,
+    ValuePath,
+    format_int,
+    format_path,
+    format_value,
+)
 from hyperstate.ron import Ident, Some, Struct
 from hyperstate.serde import ScheduleParser, did_you_mean, to_value
 from hyperstate.typeinfo import (
@@ -39,7 +47,10 @@ __all__ = ["Override", "apply_overrides", "apply_overrides_collect", "parse_over
 
 
 _NAME = re.compile(r"[^.\[\]=+]+")
-_INDEX = re.compile(r"\[\s*(-?\d+)\s*\]")
+_INDEX = re.compile(r"\[\s*(-?[0-9]+)\s*\]")
+_INTEGER = re.compile(r"-?[0-9]+")
+# What a quoted int key may hold: an int as RON writes it in decimal.
+_INT_KEY = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")
 _QUOTED_KEY = re.compile(r"""\[\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*\]""")
 
 
@@ -85,7 +96,7 @@ def parse_override(text: str) -> Override:
         if c == "[":
             m = _INDEX.match(text, pos)
             if m:
-                segments.append(int(m.group(1)))
+                segments.append(_read_int(m.group(1), text, m.start(1)))
                 pos = m.end()
                 expect_name = False
                 continue
@@ -109,7 +120,8 @@ def parse_override(text: str) -> Override:
         if not m:
             raise _malformed(text, f"unexpected {c!r} at column {pos + 1}")
         name = m.group().strip()
-        segments.append(int(name) if name.lstrip("-").isdigit() else name)
+        is_int = _INTEGER.fullmatch(name) is not None
+        segments.append(_read_int(name, text, pos) if is_int else name)
         pos = m.end()
         expect_name = False
     if pos >= n:
@@ -118,6 +130,20 @@ def parse_override(text: str) -> Override:
         raise _malformed(text, "expected a field path before '='")
     op = "+=" if text.startswith("+=", pos) else "="
     return Override(tuple(segments), op, text[pos + len(op) :].strip(), text)
+
+
+def _read_int(digits: str, text: str, pos: int) -> int:
+    """The int that ``digits`` (``-?[0-9]+``, at ``pos`` in ``text``) stands for, read by
+    the RON rule so that a path segment takes what a value would."""
+    count = len(digits.lstrip("-"))
+    if count > ron.MAX_INT_DIGITS:
+        raise _malformed(
+            text,
+            f"expected an index or key of at most {ron.MAX_INT_DIGITS} digits at column "
+            f"{pos + 1}, found one of {count} digits",
+        )
+    number: int = ron.loads(digits)
+    return number
 
 
 def _malformed(text: str, message: str) -> ConfigError:
@@ -255,7 +281,7 @@ def _step(node: SchemaType, value: Any, seg: Any, path: ValuePath) -> tuple[Any,
     """The container, key and schema of child ``seg`` of ``value``."""
     if isinstance(node, StructType):
         fields = _struct_fields(value, node, path)
-        name = seg[0] if type(seg) is tuple else str(seg)
+        name = _as_name(seg)
         field = node.field_map.get(name)
         if field is None:
             known = [f.name for f in node.fields]
@@ -266,12 +292,15 @@ def _step(node: SchemaType, value: Any, seg: Any, path: ValuePath) -> tuple[Any,
         return fields, name, field.type
     if isinstance(node, ListType | VarTupleType | TupleType):
         if type(value) is not list:
-            raise _BadOverride(path, f"expected a list at {format_path(path)}, found {value!r}")
+            raise _BadOverride(
+                path, f"expected a list at {format_path(path)}, found {format_value(value)}"
+            )
         index = _as_index(seg, path)
         if not -len(value) <= index < len(value):
             raise _BadOverride(
                 (*path, index),
-                f"index {index} out of range for {format_path(path)} (length {len(value)})",
+                f"index {format_int(index)} out of range for {format_path(path)} "
+                f"(length {len(value)})",
                 f"use '{format_path(path)}+=[...]' to append",
             )
         index %= len(value)
@@ -281,7 +310,9 @@ def _step(node: SchemaType, value: Any, seg: Any, path: ValuePath) -> tuple[Any,
         if type(value) is Struct:
             value = value.fields
         if type(value) is not dict:
-            raise _BadOverride(path, f"expected a map at {format_path(path)}, found {value!r}")
+            raise _BadOverride(
+                path, f"expected a map at {format_path(path)}, found {format_value(value)}"
+            )
         key = _dict_key(node.key, seg, value, path)
         if key not in value:
             value[key] = _empty_or_none(node.value)
@@ -292,7 +323,7 @@ def _step(node: SchemaType, value: Any, seg: Any, path: ValuePath) -> tuple[Any,
         if type(value) is list:
             index = _as_index(seg, path)
             if not -len(value) <= index < len(value):
-                raise _BadOverride((*path, index), f"index {index} out of range")
+                raise _BadOverride((*path, index), f"index {format_int(index)} out of range")
             return value, index % len(value), AnyType()
         if type(value) is dict:
             key = seg[0] if type(seg) is tuple else seg
@@ -301,8 +332,15 @@ def _step(node: SchemaType, value: Any, seg: Any, path: ValuePath) -> tuple[Any,
     raise _BadOverride(
         path,
         f"{format_path(path)} is {format_type(node)}; it has no field or item "
-        f"{seg[0] if type(seg) is tuple else seg!r}",
+        f"{format_value(seg[0] if type(seg) is tuple else seg)}",
     )
+
+
+def _as_name(seg: Any) -> str:
+    """A path segment read as a field or variant name; an int one as it is written."""
+    if type(seg) is tuple:
+        seg = seg[0]
+    return format_int(seg) if type(seg) is int else str(seg)
 
 
 def _struct_fields(value: Any, node: StructType, path: ValuePath) -> dict[str, Any]:
@@ -310,26 +348,41 @@ def _struct_fields(value: Any, node: StructType, path: ValuePath) -> dict[str, A
         return value.fields
     if type(value) is dict:
         return value
-    raise _BadOverride(path, f"expected struct {node.name} at {format_path(path)}, found {value!r}")
+    raise _BadOverride(
+        path, f"expected struct {node.name} at {format_path(path)}, found {format_value(value)}"
+    )
 
 
 def _as_index(seg: Any, path: ValuePath) -> int:
     if type(seg) is int:
         return seg
-    raise _BadOverride(path, f"expected a list index at {format_path(path)}, found {seg!r}")
+    raise _BadOverride(
+        path, f"expected a list index at {format_path(path)}, found {format_value(seg)}"
+    )
 
 
 def _dict_key(key_node: SchemaType, seg: Any, value: dict[Any, Any], path: ValuePath) -> Any:
     raw = seg[0] if type(seg) is tuple else seg
     if isinstance(key_node, PrimitiveType) and key_node.type is int:
-        try:
-            return int(raw)
-        except ValueError:
+        if type(raw) is int:
+            return raw
+        text = raw.strip()
+        if _INT_KEY.fullmatch(text) is None:
+            shown = raw if len(raw) <= 40 else raw[:37] + "..."
             raise _BadOverride(
-                path, f"expected an int key for {format_path(path)}, found {raw!r}"
-            ) from None
+                path, f"expected an int key for {format_path(path)}, found {shown!r}"
+            )
+        count = len(text.lstrip("+-").replace("_", ""))
+        if count > ron.MAX_INT_DIGITS:
+            raise _BadOverride(
+                path,
+                f"expected an int key of at most {ron.MAX_INT_DIGITS} digits for "
+                f"{format_path(path)}, found one of {count} digits",
+            )
+        number: int = ron.loads(text)
+        return number
     if isinstance(key_node, EnumType):
-        name = str(raw)
+        name = _as_name(raw)
         for existing in value:
             if existing == name or (type(existing) is Ident and existing.name == name):
                 return existing

@@ -18,7 +18,17 @@ import pathlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from hyperstate.errors import ConfigError, Issue, ValuePath
+from hyperstate.errors import (
+    BlobError,
+    ConfigError,
+    HyperstateError,
+    Issue,
+    StateError,
+    ValuePath,
+    format_int,
+    format_path,
+    format_value,
+)
 from hyperstate.ron import Ident, Some, Struct, TupleStruct
 from hyperstate.typeinfo import (
     AnyType,
@@ -126,6 +136,8 @@ def describe(value: Any) -> str:
         return "unit ()" if not value else f"a tuple of {len(value)} items"
     if isinstance(value, Some):
         return f"Some({describe(value.value)})"
+    if type(value) is int:
+        return format_int(value)  # in decimal, and short however long it is
     try:
         text = dumps(value)
     except TypeError:
@@ -291,9 +303,52 @@ def _make_decoder(node: SchemaType) -> Decoder:
         return _decode_any
     custom = getattr(node, "decoder", None)
     if custom is not None:
-        result: Decoder = custom()
-        return result
+        return _guarded(custom())
     raise TypeError(f"no decoder for schema node {node!r}")
+
+
+def _guarded(decode: Decoder) -> Decoder:
+    """An extension's decoder, whose failures name the value's place.
+
+    Extensions run code that the value reaches (a tensor codec, ``load_state_dict``,
+    ``Serializable.deserialize``): a ``ConfigError`` becomes issues of the load; a
+    ``BlobError`` or ``StateError`` gets the ``file:line:col`` and path of the record
+    (keeping its type, which says "corrupt data" to a resume); anything else is a
+    ``StateError`` saying what raised what.
+    """
+
+    def guarded(v: Any, where: ValuePath, cx: _Ctx) -> Any:
+        try:
+            return decode(v, where, cx)
+        except ConfigError as e:
+            cx.issues.extend(e.issues)
+            return _INVALID
+        except BlobError as e:
+            if e.at is not None:
+                raise
+            raise BlobError(e.msg, e.file, e.key, _at(where, cx)) from None
+        except StateError as e:
+            if e.at is not None:
+                raise
+            raise StateError(e.msg, _at(where, cx)) from None
+        except HyperstateError:
+            raise
+        except Exception as e:  # code the value reached, raising what it does
+            text = " ".join(str(e).split())  # torch's messages span lines
+            found = f"{type(e).__name__}: {text}" if text else type(e).__name__
+            raise StateError(f"cannot restore this value: {found}", _at(where, cx)) from e
+
+    return guarded
+
+
+def _at(where: ValuePath, cx: _Ctx) -> str:
+    """``file:line:col: path`` of a value being decoded (the path alone without a file)."""
+    path = format_path(where)
+    if cx.place is not None:
+        location = cx.place([Issue(where, "")])[0].location
+        if location is not None:
+            return f"{location}: at {path}"
+    return f"at {path}"
 
 
 def _dec_int(v: Any, where: ValuePath, cx: _Ctx) -> Any:
@@ -492,7 +547,8 @@ def _struct_decoder(node: StructType) -> Decoder:
                     if raw != node.version:
                         cx.fail(
                             (*where, name),
-                            f"{node.name} is at version {node.version}, found version {raw!r}",
+                            f"{node.name} is at version {node.version}, "
+                            f"found version {format_value(raw)}",
                             "load it with hyperstate.load/loads, which upgrades old versions",
                         )
                         ok = False
@@ -672,7 +728,12 @@ def decoder_of(node: SchemaType) -> Decoder:
 
 def _mismatch(node: SchemaType, obj: Any, where: ValuePath) -> ConfigError:
     return ConfigError(
-        [Issue(where, f"cannot write {type(obj).__name__} {obj!r} as {format_type(node)}")]
+        [
+            Issue(
+                where,
+                f"cannot write {type(obj).__name__} {format_value(obj)} as {format_type(node)}",
+            )
+        ]
     )
 
 
@@ -754,7 +815,11 @@ def _primitive_encoder(node: PrimitiveType) -> Encoder:
         if t is kind:
             return str(obj) if kind is pathlib.Path else obj
         if kind is float and t is int:
-            return float(obj)
+            try:
+                return float(obj)
+            except OverflowError:
+                found = f"an integer too large for one: {describe(obj)}"
+                raise ConfigError([Issue(where, f"expected float, found {found}")]) from None
         if kind is pathlib.Path and isinstance(obj, pathlib.PurePath | str):
             return str(obj)
         if isinstance(obj, kind) and not (kind is int and t is bool):
@@ -846,4 +911,6 @@ def _encode_any(obj: Any, where: ValuePath, elide: bool) -> Any:
     node = node_of_value(obj)
     if node is not None:
         return _encoder(node)(obj, where, elide)
-    raise ConfigError([Issue(where, f"cannot write a value of type {t.__name__}: {obj!r}")])
+    raise ConfigError(
+        [Issue(where, f"cannot write a value of type {t.__name__}: {format_value(obj)}")]
+    )

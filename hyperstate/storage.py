@@ -44,7 +44,7 @@ from typing import Any, Literal, TypeVar
 
 from hyperstate import _fs, ron
 from hyperstate._fs import checksum
-from hyperstate.errors import HyperstateError, StorageError
+from hyperstate.errors import HyperstateError, StorageError, format_int, format_value
 from hyperstate.tensors import codec
 
 __all__ = [
@@ -107,6 +107,7 @@ FORMAT_VERSION = 1
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _CHUNK = 8 << 20
+_MAX_INT = 1 << 63  # no real size or checkpoint number is larger
 # OSErrors that retrying cannot fix: the caller asked for something that is not there or
 # not allowed. Everything else from a remote filesystem (timeouts, throttling, 5xx) is
 # treated as transient.
@@ -185,35 +186,37 @@ class Manifest:
             return StorageError("read manifest", where, reason)
 
         try:
-            value = ron.loads(text)
+            value = ron.loads(text, path=where)
         except HyperstateError as exc:
-            raise bad(str(exc)) from exc
+            raise bad(str(exc).partition("\n")[0]) from exc
         if not isinstance(value, ron.Struct) or value.name != "Committed":
             raise bad("expected Committed(...)")
         f = value.fields
         fmt, number, created, files = (f.get(k) for k in ("format", "number", "created", "files"))
         if not isinstance(fmt, int) or isinstance(fmt, bool):
-            raise bad(f"expected an integer format, got {fmt!r}")
+            raise bad(f"expected an integer format, got {format_value(fmt)}")
         if fmt > FORMAT_VERSION:
-            raise bad(f"format {fmt} is newer than this hyperstate reads ({FORMAT_VERSION})")
-        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
-            raise bad(f"expected a non-negative integer number, got {number!r}")
+            found = format_int(fmt)
+            raise bad(f"format {found} is newer than this hyperstate reads ({FORMAT_VERSION})")
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < _MAX_INT:
+            raise bad(f"expected a checkpoint number in [0, 2**63), got {format_value(number)}")
         if not isinstance(created, str):
-            raise bad(f"expected a string created, got {created!r}")
+            raise bad(f"expected a string created, got {format_value(created)}")
         if not isinstance(files, dict):
             raise bad("expected a map of files")
         entries: dict[str, FileEntry] = {}
         for name, entry in files.items():
             if not isinstance(name, str):
-                raise bad(f"expected a file name, got {name!r}")
+                raise bad(f"expected a file name, got {format_value(name)}")
             try:
                 _check_relpath(name)
             except ValueError as exc:
                 raise bad(str(exc)) from exc
             ef = entry.fields if isinstance(entry, ron.Struct) else {}
             size, digest = ef.get("size"), ef.get("checksum")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise bad(f"{name}: expected File(size: <int>, checksum: <str>)")
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < _MAX_INT:
+                found = format_value(size)
+                raise bad(f"{name}: expected File(size: <int in [0, 2**63)>, ...), found {found}")
             if not isinstance(digest, str):
                 raise bad(f"{name}: expected File(size: <int>, checksum: <str>)")
             entries[name] = FileEntry(size, digest)
@@ -696,7 +699,11 @@ class CheckpointStore:
         for name, want in sorted(info.manifest.files.items()):
             url = f"{info.path}/{name}"
             report = _FileProgress(progress, name, want.size) if progress is not None else None
-            have = self._entry_of(posixpath.join(d, name), report) if name in present else None
+            try:
+                have = self._entry_of(posixpath.join(d, name), report) if name in present else None
+            except StorageError as e:  # not a regular file, a link out of the checkpoint
+                problems.append(Problem(name, "corrupted", f"{url}: corrupted: {e.reason}"))
+                continue
             if report is not None:
                 report(want.size)
             if have is None:

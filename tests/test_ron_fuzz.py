@@ -1,13 +1,16 @@
 """Bad input of every kind gives a ParseError, never another exception or a hang.
 
-The time limit is a guard against exponential regex backtracking or quadratic loops,
-not a benchmark: every input here parses in milliseconds.
+Pathological inputs are parsed at two sizes, n and 4n: a linear parser takes about 4x as
+long on the larger, a quadratic loop or a backtracking regex 16x or far more. The check
+compares the two within one test, so a loaded machine slows both alike; no absolute time
+limit is asserted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -16,21 +19,17 @@ from test_ron_corpus import DATA, VALID, read
 
 from hyperstate.ron import ParseError, loads, locate
 
-TIME_LIMIT_S = 5.0
-
 CORPUS = [read(path) for path in [*VALID, *sorted((DATA / "invalid").glob("*.ron"))]]
 # Characters that mean something to the parser, so random text reaches deep into it.
 RON_ALPHABET = "()[]{}:,;'\"#!/*\\rbx_.+-eE0123456789afuiSomeNnTtrue \t\n\r"
 
 
 def parse_or_parse_error(text: str) -> None:
-    start = time.perf_counter()
     try:
         loads(text)
     except ParseError as err:
         assert err.line >= 1
         assert 1 <= err.col <= len(err.source_line) + 1
-    assert time.perf_counter() - start < TIME_LIMIT_S
 
 
 @settings(max_examples=300, deadline=None)
@@ -78,50 +77,68 @@ def test_locate_on_mutated_files(text: str) -> None:
         locate(text, [(), (0,), ("a",), ("a", 0, "b")])
 
 
-PATHOLOGICAL = {
-    "brackets": "[" * 100_000,
-    "parens": "(" * 5000,
-    "braces": "{" * 5000,
-    "somes": "Some(" * 1000,
-    "struct_fields": "(a: " * 5000,
-    "named_structs": "A(" * 5000,
-    "map_keys": "{(" * 5000,
-    "closed_deep": "[" * 5000 + "]" * 5000,
-    "huge_decimal": "1" * 100_000,
-    "huge_negative": "-" + "9" * 100_000,
-    "huge_suffixed": "9" * 5000 + "u8",
-    "huge_hex": "0x" + "f" * 100_000,
-    "huge_float": "1" * 10_000 + ".5e" + "9" * 1000,
-    "huge_exponent": "1e" + "9" * 100_000,
-    "underscores": "1" + "_" * 100_000,
-    "long_string": '"' + "a" * 1_000_000 + '"',
-    "long_unterminated_string": '"' + "a" * 1_000_000,
-    "long_escapes": '"' + "\\n" * 100_000 + '"',
-    "unterminated_escapes": '"' + "\\n" * 100_000,
-    "long_raw_string": "r###" + '"' + '"##' * 100_000,
-    "many_hashes": "r" + "#" * 100_000,
-    "nested_comments": "/*" * 100_000,
-    "closed_nested_comments": "/*" * 50_000 + "*/" * 50_000 + "1",
-    "comment_slashes": "/* " + "/" * 100_000,
-    "comment_stars": "/* " + "*" * 100_000,
-    "line_comments": "// //" * 50_000,
-    "long_list": "[" + "1," * 200_000,
-    "long_word": "a" * 1_000_000,
-    "long_raw_ident": "r#" + "a." * 100_000,
-    "spaces_then_junk": "Config(" + " " * 100_000 + "@",
-    "fields_then_junk": "Config(" + "a: 1, " * 50_000 + "a",
-    "duplicate_at_end": "{" + ", ".join(f'"k{i}": {i}' for i in range(50_000)) + ', "k0": 0}',
-    "extensions": "#![enable(" * 10_000,
-    "backslashes": "\\" * 100_000,
-    "quotes": '"' * 100_001,
-    "chars": "'" * 100_000,
-    "nul": "\x00" * 100_000,
+# Each input at scale n (the sizes are those at n = 4, so that 4n is the scale at which
+# each was first found slow).
+PATHOLOGICAL: dict[str, Callable[[int], str]] = {
+    "brackets": lambda n: "[" * (25_000 * n),
+    "parens": lambda n: "(" * (1250 * n),
+    "braces": lambda n: "{" * (1250 * n),
+    "somes": lambda n: "Some(" * (250 * n),
+    "struct_fields": lambda n: "(a: " * (1250 * n),
+    "named_structs": lambda n: "A(" * (1250 * n),
+    "map_keys": lambda n: "{(" * (1250 * n),
+    "closed_deep": lambda n: "[" * (1250 * n) + "]" * (1250 * n),
+    "huge_decimal": lambda n: "1" * (25_000 * n),
+    "huge_negative": lambda n: "-" + "9" * (25_000 * n),
+    "huge_suffixed": lambda n: "9" * (1250 * n) + "u8",
+    "huge_hex": lambda n: "0x" + "f" * (25_000 * n),
+    "huge_float": lambda n: "1" * (2500 * n) + ".5e" + "9" * (250 * n),
+    "huge_exponent": lambda n: "1e" + "9" * (25_000 * n),
+    "underscores": lambda n: "1" + "_" * (25_000 * n),
+    "long_string": lambda n: '"' + "a" * (250_000 * n) + '"',
+    "long_unterminated_string": lambda n: '"' + "a" * (250_000 * n),
+    "long_escapes": lambda n: '"' + "\\n" * (25_000 * n) + '"',
+    "unterminated_escapes": lambda n: '"' + "\\n" * (25_000 * n),
+    "long_raw_string": lambda n: "r###" + '"' + '"##' * (25_000 * n),
+    "many_hashes": lambda n: "r" + "#" * (25_000 * n),
+    "nested_comments": lambda n: "/*" * (25_000 * n),
+    "closed_nested_comments": lambda n: "/*" * (12_500 * n) + "*/" * (12_500 * n) + "1",
+    "comment_slashes": lambda n: "/* " + "/" * (25_000 * n),
+    "comment_stars": lambda n: "/* " + "*" * (25_000 * n),
+    "line_comments": lambda n: "// //" * (12_500 * n),
+    "long_list": lambda n: "[" + "1," * (50_000 * n),
+    "long_word": lambda n: "a" * (250_000 * n),
+    "long_raw_ident": lambda n: "r#" + "a." * (25_000 * n),
+    "spaces_then_junk": lambda n: "Config(" + " " * (25_000 * n) + "@",
+    "fields_then_junk": lambda n: "Config(" + "a: 1, " * (12_500 * n) + "a",
+    "duplicate_at_end": lambda n: (
+        "{" + ", ".join(f'"k{i}": {i}' for i in range(12_500 * n)) + ', "k0": 0}'
+    ),
+    "extensions": lambda n: "#![enable(" * (2500 * n),
+    "backslashes": lambda n: "\\" * (25_000 * n),
+    "quotes": lambda n: '"' * (25_000 * n + 1),
+    "chars": lambda n: "'" * (25_000 * n),
+    "nul": lambda n: "\x00" * (25_000 * n),
 }
 
 
+def parse_time(text: str) -> float:
+    """The shortest of three parses of ``text`` (the least disturbed by other load)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        parse_or_parse_error(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 @pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
-def test_pathological_input(name: str) -> None:
-    parse_or_parse_error(PATHOLOGICAL[name])
+def test_pathological_input_parses_in_linear_time(name: str) -> None:
+    small, large = PATHOLOGICAL[name](1), PATHOLOGICAL[name](4)
+    assert len(large) >= 3 * len(small)
+    t_small, t_large = parse_time(small), parse_time(large)
+    # Linear is ~4x; quadratic 16x. The slack absorbs timer noise on the tiny ones.
+    assert t_large <= 10 * t_small + 0.02, (name, t_small, t_large)
 
 
 def test_mutations_start_from_the_whole_corpus() -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -459,3 +460,103 @@ def test_text_that_is_not_utf8_is_a_located_parse_error(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 2 and "state.ron:2:5" in done.stderr
+
+
+# -- 8. crafted values in state.ron are located errors, never raw exceptions ---------------
+
+
+class Counter(hyperstate.Serializable):
+    def __init__(self) -> None:
+        self.n, self.name = 0, "c"
+
+    def serialize(self) -> Any:
+        return {"n": self.n, "name": self.name}
+
+    @classmethod
+    def deserialize(cls, state: Any, ctx: dict[str, Any]) -> Counter:
+        counter = cls()
+        counter.n, counter.name = state["n"], state["name"]
+        return counter
+
+
+@dataclass
+class Training:
+    big: torch.Tensor
+    view: torch.Tensor
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    counter: Counter
+
+
+def training_state() -> Training:
+    model = torch.nn.Linear(2, 2)
+    big = torch.arange(8.0)
+    return Training(big, big[2:5], model, torch.optim.Adam(model.parameters()), Counter())
+
+
+@pytest.fixture(scope="module")
+def training_text(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    directory = tmp_path_factory.mktemp("training")
+    state = training_state()
+    state.model(torch.ones(1, 2)).sum().backward()
+    state.opt.step()
+    hyperstate.dump(state, directory / "state.ron")
+    return directory, (directory / "state.ron").read_text()
+
+
+BIG = 'key: "big",\n        dtype: "float32",'
+STEP = "value: 1.0,"
+VIEW = "shape: (3,),\n        stride: (1,),"
+BLOB_FILE = 'file: "blobs/rank-00000.safetensors"'
+# case: (text, its replacement, error, what the message says, the value path it names)
+CRAFTED: dict[str, tuple[str, str, type[Exception], str, str]] = {
+    "inline value a string": (STEP, 'value: "abc",', hyperstate.ConfigError, "a number", "step"),
+    "ragged inline value": (STEP, "value: [1.0, [2.0]],", hyperstate.ConfigError, "0-d", "step"),
+    "device an int": (BIG, BIG + " device: 5,", hyperstate.BlobError, "a device", "big"),
+    "device meta": (BIG, BIG + ' device: "meta",', hyperstate.BlobError, "'meta'", "big"),
+    "optimizer params": ('"params": [', '"params": [7, ', hyperstate.StateError, "group", "opt"),
+    "renamed module key": ('"weight"', '"weigh"', hyperstate.StateError, "Missing key", "model"),
+    "Serializable missing a key": ('"name": "c",', "", hyperstate.StateError, "'name'", "counter"),
+    "file a directory": (BLOB_FILE, 'file: "blobs"', hyperstate.BlobError, "directory", "big"),
+    "view of 2**40 x 2**40": (
+        VIEW,
+        "shape: (1099511627776, 1099511627776),\n        stride: (1099511627776, 1),",
+        hyperstate.BlobError,
+        "at most the entry's 32 bytes",
+        "view",
+    ),
+    "stride-0 view of 10**12": (
+        VIEW,
+        "shape: (1000000000000,),\n        stride: (0,),",
+        hyperstate.BlobError,
+        "at most the entry's 32 bytes",
+        "view",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_state_value_is_a_located_error(
+    training_text: tuple[Path, str], case: str
+) -> None:
+    directory, text = training_text
+    old, new, error, message, where = CRAFTED[case]
+    assert old in text
+    crafted = directory / f"crafted-{list(CRAFTED).index(case)}.ron"
+    crafted.write_text(text.replace(old, new, 1))
+    with pytest.raises(error) as info:
+        hyperstate.load(Training, crafted, initial_state=lambda config: training_state())
+    shown = str(info.value)
+    assert message in shown
+    # Where: the file, the line and column of the value, and its path.
+    assert re.search(rf"{crafted.name}:\d+:\d+: ", shown), shown
+    assert re.search(rf"\bat (opt\.state\[0\]\.)?{where}\b", shown), shown
+
+
+def test_an_expanded_view_round_trips_as_a_copy(tmp_path: Path) -> None:
+    base = torch.arange(3.0)
+    state = Model({"wide": base.expand(1000, 3), "base": base})
+    hyperstate.dump(state, tmp_path / "state.ron")
+    loaded = hyperstate.load(Model, tmp_path / "state.ron")
+    assert torch.equal(loaded.model["wide"], base.expand(1000, 3))
+    assert torch.equal(loaded.model["base"], base)

@@ -18,11 +18,12 @@ Config(
 
 from hyperstate.errors import ParseError
 from hyperstate.ron._emitter import dumps
-from hyperstate.ron._parser import MAX_DEPTH, loads, locate
+from hyperstate.ron._parser import MAX_DEPTH, MAX_INT_DIGITS, loads, locate
 from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_INT_DIGITS",
     "Ident",
     "ParseError",
     "Some",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from math import inf
 
-from hyperstate.ron._parser import _IDENT, _RAW_IDENT, MAX_DEPTH
+from hyperstate.errors import ConfigError, Issue, PathSegment
+from hyperstate.ron._parser import _IDENT, _RAW_IDENT, MAX_DEPTH, MAX_INT_DIGITS
 from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
 
 __all__ = ["dumps"]
@@ -43,13 +44,17 @@ _BYTE_TEXT = tuple(
 def dumps(value: Value) -> str:
     """Write a value tree as RON text, without a trailing newline.
 
-    Floats are written so that they read back to the same number (``repr``), strings
-    and bytes so that they read back to the same text and bytes. Two values have no
-    text of their own: a tuple struct without items is written ``Name()`` and an
-    unnamed struct without fields ``()``, which read back as an empty struct and as
-    unit. Raises :class:`TypeError` for a Python type that has no RON form and
-    :class:`ValueError` for a name that cannot be written or nesting deeper than
-    :data:`~hyperstate.ron.MAX_DEPTH`.
+    Floats are written so that they read back to the same number (``repr``; every NaN
+    is ``NaN``), ints in decimal up to :data:`~hyperstate.ron.MAX_INT_DIGITS` digits and
+    in hex beyond, strings and bytes so that they read back to the same text and bytes.
+    Two values have no text of their own: a tuple struct without items is written
+    ``Name()`` and an unnamed struct without fields ``()``, which read back as an empty
+    struct and as unit. Raises :class:`TypeError` for a Python type that has no RON
+    form, :class:`ValueError` for a name that cannot be written or nesting deeper than
+    :data:`~hyperstate.ron.MAX_DEPTH`, and :class:`~hyperstate.errors.ConfigError`
+    naming the map for a map whose keys would read back as fewer keys (two NaN keys,
+    say: NaN equals nothing, so a map can hold several, but they are all written
+    ``NaN``).
 
     >>> print(dumps(Struct("Optimizer", {"lr": 0.003, "betas": (0.9, 0.98)})))
     Optimizer(
@@ -58,8 +63,64 @@ def dumps(value: Value) -> str:
     )
     """
     out: list[str] = []
-    _write(value, out, "", 0)
+    try:
+        _write(value, out, "", 0)
+    except _KeysCollide as e:
+        raise e.error(value) from None
     return "".join(out)
+
+
+class _KeysCollide(Exception):
+    """Keys of ``mapping`` that are written as the same ``text`` (raised at the first)."""
+
+    def __init__(self, mapping: dict[Value, Value], text: str) -> None:
+        self.mapping = mapping
+        self.text = text
+
+    def error(self, root: Value) -> ConfigError:
+        """The error to raise, naming where the map stands in ``root``."""
+        count = sum(1 for key in self.mapping if type(key) is not str and _key(key) == self.text)
+        shown = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        message = (
+            f"expected map keys that read back as distinct keys, found {count} written as {shown}"
+        )
+        if "NaN" in self.text:
+            message += " (NaN equals nothing, not even NaN, so no text tells such keys apart)"
+        return ConfigError([Issue(_path_to(root, self.mapping) or (), message)])
+
+
+def _key(key: Value) -> str | None:
+    """The text of a map key; None for one that cannot be written (a later error)."""
+    try:
+        return _inline(key, 0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _path_to(node: Value, target: object) -> tuple[PathSegment, ...] | None:
+    """The value path of the container ``target`` inside ``node``; ``Some`` adds no step."""
+    if node is target:
+        return ()
+    while isinstance(node, Some):
+        node = node.value
+        if node is target:
+            return ()
+    children: list[tuple[PathSegment, Value]]
+    if isinstance(node, Struct):
+        children = list(node.fields.items())
+    elif isinstance(node, dict):
+        children = list(node.items())
+    elif isinstance(node, TupleStruct):
+        children = list(enumerate(node.items))
+    elif isinstance(node, list | tuple):
+        children = list(enumerate(node))
+    else:
+        return None
+    for seg, child in children:
+        found = _path_to(child, target)
+        if found is not None:
+            return (seg, *found)
+    return None
 
 
 def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
@@ -119,8 +180,18 @@ def _write(value: Value, out: list[str], indent: str, depth: int) -> None:
             out.append("{}")
             return
         out.append("{\n")
+        # Keys other than strings may be written alike (several NaN keys, an empty
+        # unnamed struct and unit) and would read back as one key, or not at all.
+        key_texts: set[str] = set()
         for key, item in value.items():
-            head = f"{inner}{_string(key) if type(key) is str else _inline(key, depth)}: "
+            if type(key) is str:
+                head = f"{inner}{_string(key)}: "
+            else:
+                key_text = _inline(key, depth)
+                if key_text in key_texts:
+                    raise _KeysCollide(value, key_text)
+                key_texts.add(key_text)
+                head = f"{inner}{key_text}: "
             # Maps of tensor references are the bulk of a state: one piece per entry.
             text = _record(item, inner) if type(item) is Struct and depth < MAX_DEPTH - 2 else None
             if text is not None:
@@ -292,13 +363,17 @@ def _too_deep() -> ValueError:
     return ValueError(f"nesting deeper than {MAX_DEPTH} levels cannot be written")
 
 
+# Ints of more digits are written in hex, which the parser reads whatever its length.
+_DECIMAL_BOUND = 10**MAX_INT_DIGITS
+
+
 def _int(value: int) -> str:
-    try:
-        return int.__repr__(value)
-    except ValueError:
-        # Past sys.int_max_str_digits decimal conversion is refused; hex has no limit
-        # and reads back to the same int.
-        return hex(value)
+    if -_DECIMAL_BOUND < value < _DECIMAL_BOUND:
+        try:
+            return int.__repr__(value)
+        except ValueError:  # sys.int_max_str_digits set lower than the parser reads
+            pass
+    return hex(value)
 
 
 def _float(value: float) -> str:

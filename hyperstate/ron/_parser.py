@@ -19,16 +19,24 @@ from collections.abc import Callable, Iterable
 from math import inf, nan
 from typing import Any
 
-from hyperstate.errors import ParseError
+from hyperstate.errors import ParseError, format_int, format_value
 from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
 
-__all__ = ["EXTENSIONS", "MAX_DEPTH", "loads", "locate"]
+__all__ = ["EXTENSIONS", "MAX_DEPTH", "MAX_INT_DIGITS", "loads", "locate"]
 
 MAX_DEPTH = 128
 """Deepest nesting of brackets that :func:`loads` accepts.
 
 The parser recurses a few frames per level; the limit keeps it far from Python's
 recursion limit whatever the input, and no hand-written config comes close to it.
+"""
+
+MAX_INT_DIGITS = 4300
+"""Most decimal digits an integer literal may have; longer ones are written in hex.
+
+Python's own limit (``sys.int_max_str_digits``, 4300 by default): beyond it ``str()``
+of an int raises and its conversion grows quadratic. :func:`~hyperstate.ron.dumps` writes
+longer ints in hex, which has no limit, so every int it writes reads back.
 """
 
 EXTENSIONS = frozenset(
@@ -126,8 +134,9 @@ _word_char = re.compile(r"[\w.]").match
 _plain: Callable[[str, int], re.Match[str]] = re.compile(r'[^"\\]*').match  # type: ignore[assignment]
 _hex2 = re.compile(r"[0-9A-Fa-f]{2}").match
 _unicode_escape = re.compile(r"\{([0-9A-Fa-f]{1,6})\}").match
-# Python refuses to convert longer decimal literals (sys.int_max_str_digits).
-_MAX_DECIMAL_DIGITS = 4300
+# Decimal texts this short convert whatever sys.int_max_str_digits is set to (its lowest
+# setting is sys.int_info.str_digits_check_threshold); longer ones go through _int10.
+_SAFE_DIGITS = 640
 
 
 class _Failure(Exception):
@@ -353,7 +362,7 @@ def _value(src: str, pos: int, depth: int, spans: _Spans | None) -> tuple[int, V
             text = m[0]
             if m.lastindex:
                 return m.end(), float(text)
-            if len(text) < _MAX_DECIMAL_DIGITS:
+            if len(text) <= _SAFE_DIGITS:
                 return m.end(), int(text)
         return _number_slow(src, pos)
     if char == '"':
@@ -488,7 +497,7 @@ def _items(
         # Numbers inlined from _value: lists of them are the most common lists.
         num = _decimal(src, pos) if char in _NUMBER_START else None
         value: Value
-        if num is not None and (num.lastindex or num.end() - pos < _MAX_DECIMAL_DIGITS):
+        if num is not None and (num.lastindex or num.end() - pos <= _SAFE_DIGITS):
             value = float(num[0]) if num.lastindex else int(num[0])
             pos = num.end()
         else:
@@ -582,7 +591,7 @@ def _struct(
         # The scalars of _value inlined: most field values are numbers or strings.
         char = src[pos : pos + 1]
         num = _decimal(src, pos) if char in _NUMBER_START else None
-        if num is not None and (num.lastindex or num.end() - pos < _MAX_DECIMAL_DIGITS):
+        if num is not None and (num.lastindex or num.end() - pos <= _SAFE_DIGITS):
             fields[key] = float(num[0]) if num.lastindex else int(num[0])
             pos = num.end()
         elif (
@@ -655,7 +664,7 @@ def _duplicate(
         raise AssertionError("the second pass found no duplicate")  # pragma: no cover
     first = _at(src, spots[key][0])
     if is_map:
-        return _Failure(key_pos, f"duplicate key {key!r} in map (first at {first})")
+        return _Failure(key_pos, f"duplicate key {format_value(key)} in map (first at {first})")
     return _Failure(key_pos, f"duplicate field {key!r} in {_struct_what(name)} (first at {first})")
 
 
@@ -744,9 +753,12 @@ def _number_slow(src: str, pos: int) -> tuple[int, Value]:
     if m is None or _word_char(src, m.end()) is not None:
         sign = src[pos] if src[pos] in "+-" else ""
         word = _ident(src, pos + len(sign)) if sign else None
-        if word is not None and word[0] in ("inf", "NaN"):
-            value = inf if word[0] == "inf" else nan
-            return word.end(), -value if sign == "-" else value
+        if word is not None and word[0] == "inf":
+            return word.end(), -inf if sign == "-" else inf
+        if word is not None and word[0] == "NaN":
+            # Every NaN is the one object `nan`, sign dropped as the emitter drops it, so
+            # that a map reads `NaN` and `-NaN` as one key, as they are written.
+            return word.end(), nan
         raise _bad_number(src, pos, m)
     sign, suffix, text = m["sign"], m["suffix"], m["dec"]
     if text is not None:
@@ -758,13 +770,13 @@ def _number_slow(src: str, pos: int) -> tuple[int, Value]:
             value = float(text)
             return m.end(), -value if sign == "-" else value
         digits = text.replace("_", "")
-        if len(digits) > _MAX_DECIMAL_DIGITS:
+        if len(digits) > MAX_INT_DIGITS:
             raise _Failure(
                 pos,
                 f"integer with {len(digits)} digits is too long; at most "
-                f"{_MAX_DECIMAL_DIGITS} decimal digits are read (write it in hex)",
+                f"{MAX_INT_DIGITS} decimal digits are read (write it in hex)",
             )
-        number = int(digits)
+        number = _int10(digits)
     elif m["hex"] is not None:
         number = int(m["hex"], 16)
     elif m["oct"] is not None:
@@ -776,8 +788,20 @@ def _number_slow(src: str, pos: int) -> tuple[int, Value]:
     if suffix is not None:
         low, high = _INT_RANGES[suffix]
         if not low <= number <= high:
-            raise _Failure(pos, f"integer {number} out of range for {suffix}")
+            raise _Failure(pos, f"integer {format_int(number)} out of range for {suffix}")
     return m.end(), number
+
+
+def _int10(digits: str) -> int:
+    """``int(digits)`` for up to :data:`MAX_INT_DIGITS` digits, even where the program
+    has set ``sys.int_max_str_digits`` lower."""
+    if len(digits) <= _SAFE_DIGITS:
+        return int(digits)
+    number = 0
+    for start in range(0, len(digits), _SAFE_DIGITS):
+        chunk = digits[start : start + _SAFE_DIGITS]
+        number = number * 10 ** len(chunk) + int(chunk)
+    return number
 
 
 def _bad_number(src: str, pos: int, m: re.Match[str] | None) -> _Failure:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hyperstate.errors import format_value
+
 __all__ = ["Ident", "Some", "Struct", "TupleStruct", "Value"]
 
 Value = Any
@@ -38,7 +40,7 @@ class Struct:
         return hash((Struct, self.name, tuple(self.fields.items())))
 
     def __repr__(self) -> str:
-        return f"Struct({self.name!r}, {self.fields!r})"
+        return f"Struct({self.name!r}, {format_value(self.fields)})"
 
 
 class TupleStruct:
@@ -59,7 +61,7 @@ class TupleStruct:
         return hash((TupleStruct, self.name, self.items))
 
     def __repr__(self) -> str:
-        return f"TupleStruct({self.name!r}, {self.items!r})"
+        return f"TupleStruct({self.name!r}, {format_value(self.items)})"
 
 
 class Ident:
@@ -93,10 +95,12 @@ class Some:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Some):
             return NotImplemented
-        return bool(self.value == other.value)
+        # As tuples compare items: the same object is equal to itself, so a map reads
+        # `Some(NaN)` twice as one key, as it does `NaN` and `(NaN,)`.
+        return (self.value,) == (other.value,)
 
     def __hash__(self) -> int:
         return hash((Some, self.value))
 
     def __repr__(self) -> str:
-        return f"Some({self.value!r})"
+        return f"Some({format_value(self.value)})"

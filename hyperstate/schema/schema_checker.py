@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyperstate import typeinfo as t
+from hyperstate.errors import format_int
 from hyperstate.schema import model as m
 from hyperstate.schema.rewrite_rule import (
     AddDefault,
@@ -138,13 +139,13 @@ class SchemaChecker:
                 target = "" if owner.name == self.new.root else f" to {owner.name}"
                 lines.append(f"- add upgrade rules{target}:")
                 for version, version_rules in rules.items():
-                    lines.append(f"    {version}: [")
+                    lines.append(f"    {format_int(version)}: [")
                     lines.extend(f"        {rule.render()}," for rule in version_rules)
                     lines.append("    ],")
             bump = self._bump(owner)
             if bump is not None and owner.new_version is not None:
                 target = "" if owner.name == self.new.root else f" of {owner.name}"
-                lines.append(f"- bump version{target} to {bump}")
+                lines.append(f"- bump version{target} to {format_int(bump)}")
         errors = [c for c in self.changes if c.severity is Severity.ERROR and not c.proposed_rules]
         for change in errors:
             if change.kind == "rule_mismatch":
@@ -165,7 +166,8 @@ class SchemaChecker:
                     SchemaChange(
                         Severity.ERROR,
                         "version_decreased",
-                        f"version of {name} decreased from {old_version} to {new_version}: "
+                        f"version of {name} decreased from {format_int(old_version)} to "
+                        f"{format_int(new_version)}: "
                         "the schema file was written by newer code",
                         owner=name,
                     )
@@ -236,8 +238,10 @@ class SchemaChecker:
         assert node.version is not None
         rules = node.cls.upgrade_rules()  # type: ignore[attr-defined]
         start = old_def.version or 0
-        for version in range(start, node.version):
-            for rule in rules.get(version, ()):
+        # The versions that have rules, not every one from the file's: that may be far
+        # below zero in a damaged schema file.
+        for version in sorted(v for v in rules if start <= v < node.version):
+            for rule in rules[version]:
                 try:
                     rule.apply_to_schema(upgraded, root=old_def.name)
                     _upgrade_defaults(old_def, rule)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hyperstate.errors import ConfigError, Issue, ValuePath
+from hyperstate.errors import ConfigError, Issue, ValuePath, format_int
 from hyperstate.ron import Ident, Some, Struct
 from hyperstate.serde import describe
 from hyperstate.typeinfo import (
@@ -99,7 +99,7 @@ def _apply_rules(node: StructType, value: Any, found: int, where: ValuePath) -> 
             [
                 Issue(
                     (*where, "version"),
-                    f"{node.name} version {found} was written by newer code; this code "
+                    f"{node.name} version {format_int(found)} was written by newer code; this code "
                     f"knows versions up to {current}, and never downgrades",
                 )
             ]
@@ -110,8 +110,8 @@ def _apply_rules(node: StructType, value: Any, found: int, where: ValuePath) -> 
             [
                 Issue(
                     (*where, "version"),
-                    f"{node.name} version {found} is older than the oldest version this "
-                    f"code can upgrade ({minimum})",
+                    f"{node.name} version {format_int(found)} is older than the oldest "
+                    f"version this code can upgrade ({minimum})",
                 )
             ]
         )

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hyperstate.errors import ConfigError, Issue, StateError, ValuePath, format_path
 from hyperstate.ron import Struct
-from hyperstate.tensors.dtypes import INLINE, dtype_name, target_device, torch_dtype
+from hyperstate.serde import describe
+from hyperstate.tensors.dtypes import (
+    INLINE,
+    dtype_name,
+    is_device_name,
+    target_device,
+    torch_dtype,
+)
 from hyperstate.tensors.safetensors import BlobReader, BlobRef
 
 if TYPE_CHECKING:
@@ -112,14 +119,27 @@ def inline_tensor(record: Struct, where: ValuePath, map_location: Any = None) ->
 
     fields = record.fields
     name = fields.get("dtype", "float32")
-    dtype = torch_dtype(name) if name in INLINE else None
+    dtype = torch_dtype(name) if isinstance(name, str) and name in INLINE else None
     if dtype is None:  # a fixed list: never look up names from the file
+        found = describe(name)
         raise ConfigError(
-            [Issue(where, f"expected a dtype among {', '.join(INLINE)}, found {name!r}")]
+            [Issue(where, f"expected a dtype among {', '.join(INLINE)}, found {found}")]
         )
-    device = target_device(str(fields.get("device", "cpu")), map_location)
+    saved = fields.get("device", "cpu")
+    if not is_device_name(saved):
+        found = describe(saved)
+        raise ConfigError(
+            [Issue(where, f"expected a device such as 'cpu' or 'cuda:0', found {found}")]
+        )
+    value = fields.get("value")
+    if not isinstance(value, bool | int | float):
+        # Only 0-d tensors are written inline; anything larger is in a blob file.
+        found = describe(value)
+        raise ConfigError(
+            [Issue(where, f"expected a number (an inline tensor is 0-d), found {found}")]
+        )
     try:
-        return torch.tensor(fields["value"], dtype=dtype, device=device)
+        return torch.tensor(value, dtype=dtype, device=target_device(saved, map_location))
     except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise ConfigError([Issue(where, f"expected a {name} value, found {e}")]) from None
 

@@ -13,6 +13,7 @@ up here, and only here: names from a file are never passed to ``getattr(torch, .
 from __future__ import annotations
 
 import functools
+import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "TABLE",
     "DType",
     "dtype_name",
+    "is_device_name",
     "target_device",
     "torch_dtype",
 ]
@@ -145,6 +147,24 @@ def _saved_device(name: str) -> torch.device:
             and index < accelerator.device_count()  # type: ignore[union-attr]
         )
     return saved if available else _cpu()
+
+
+_DEVICE_RE = re.compile(r"[a-z][a-z0-9_]*(:[0-9]+)?")
+
+
+def is_device_name(name: object) -> bool:
+    """Whether ``name`` is a device a record may say a tensor was saved from: ``cpu``,
+    ``cuda:1``, any accelerator's ``type[:index]``; not ``meta`` (a meta tensor has no
+    data, so no record holds one).
+
+    >>> is_device_name("cuda:0"), is_device_name("meta"), is_device_name(5)
+    (True, False, False)
+    """
+    return (
+        isinstance(name, str)
+        and _DEVICE_RE.fullmatch(name) is not None
+        and name.partition(":")[0] != "meta"
+    )
 
 
 def target_device(saved: str, map_location: str | torch.device | None = None) -> torch.device:

@@ -46,7 +46,6 @@ import json
 import math
 import mmap
 import os
-import re
 import sys
 import threading
 from array import array
@@ -67,6 +66,7 @@ from hyperstate.tensors.dtypes import (
     NUMPY_NAMES,
     STORED_AS,
     dtype_name,
+    is_device_name,
     target_device,
     torch_dtype,
 )
@@ -86,7 +86,6 @@ _THREAD_HASH_MIN = 1 << 20
 # large tensor at once.
 _REMOTE_CHUNK = 8 << 20
 _KINDS = ("torch", "numpy")
-_DEVICE_RE = re.compile(r"[a-z][a-z0-9_]*(:[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +152,7 @@ class BlobRef:
             self.checksum == "" or _fs.is_checksum(self.checksum)
         ):
             raise bad(f"expected checksum 'xxh3-64:<16 hex digits>', found {self.checksum!r}")
-        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
+        if not is_device_name(self.device):
             raise bad(f"expected a device such as 'cpu' or 'cuda:0', found {self.device!r}")
 
 
@@ -361,9 +360,16 @@ class BlobWriter:
         # Conjugate and negative views hold other values than their storage: they are
         # resolved when written, into an entry of their own. Only complex tensors have
         # a conjugate bit.
-        if numel == 0 or t.is_neg() or (dtype in COMPLEX and t.is_conj()):
-            return self._add_solo(("solo", id(t)), t, hint, dtype, shape, device, _TENSOR)
         storage = t.untyped_storage()
+        # A view that repeats elements (``expand``, stride 0) is written as a copy: a
+        # reader refuses views larger than their entry.
+        if (
+            numel == 0
+            or t.is_neg()
+            or (dtype in COMPLEX and t.is_conj())
+            or numel * ITEMSIZE[dtype] > storage.nbytes()
+        ):
+            return self._add_solo(("solo", id(t)), t, hint, dtype, shape, device, _TENSOR)
         address = storage.data_ptr()
         where = address if device == "cpu" else (device, address)
         held = self._storages.get(where)
@@ -1135,6 +1141,16 @@ class BlobReader:
                 )
         elif math.prod(ref.shape) > 0:
             nbytes = info.end - info.start
+            if math.prod(ref.shape) * ITEMSIZE[ref.dtype] > nbytes:
+                # The writer stores a view that repeats elements (stride 0, expand) as a
+                # copy of its own: a view larger than its entry only makes memory blow up.
+                raise BlobError(
+                    f"expected a view of at most the entry's {nbytes} bytes, found shape "
+                    f"{ref.shape} stride {ref.stride} ({math.prod(ref.shape)} elements of "
+                    f"{ITEMSIZE[ref.dtype]} bytes)",
+                    self.file,
+                    ref.key,
+                )
             last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
             reach = (last + 1) * ITEMSIZE[ref.dtype]
             if reach > nbytes:

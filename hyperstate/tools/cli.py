@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 import hyperstate
-from hyperstate.errors import HyperstateError, ParseError
+from hyperstate.errors import HyperstateError, ParseError, format_int
 from hyperstate.tools import schema_cli
 
 if TYPE_CHECKING:
@@ -342,7 +342,23 @@ def _isatty(stream: TextIO) -> bool:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(json.dumps(_json_ints(value), indent=2, ensure_ascii=False))
+
+
+# Ints of fewer digits are written whatever sys.int_max_str_digits is set to.
+_JSON_INT_BOUND = 10**640
+
+
+def _json_ints(value: Any) -> Any:
+    """``value`` with ints too long for ``json`` (a size or shape in a damaged file, say)
+    as strings, abbreviated."""
+    if type(value) is int:
+        return value if -_JSON_INT_BOUND < value < _JSON_INT_BOUND else format_int(value)
+    if type(value) is dict:
+        return {k: _json_ints(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_json_ints(v) for v in value]
+    return value
 
 
 def _json_number(value: float) -> float | str:
@@ -618,8 +634,13 @@ def _tree_lines(node: Any, label: str | None, depth: int, paint: _Paint) -> Iter
         head = f"{name}()" if name else ("{}" if type(node) is dict else ron.dumps(node))
     yield lead + paint(head, "type")
     for seg, child in kids:
-        child_label = f"[{seg}]" if type(node) in (list, tuple) else str(seg)
+        child_label = f"[{seg}]" if type(node) in (list, tuple) else _segment(seg)
         yield from _tree_lines(child, child_label, depth + 1, paint)
+
+
+def _segment(seg: Any) -> str:
+    """A map key or field name as a label; an int key of any length."""
+    return format_int(seg) if type(seg) is int else str(seg)
 
 
 def _leaf_text(value: Any) -> str:
@@ -657,7 +678,7 @@ def _json_tree(node: Any) -> Any:
             type(node) is ron.Some and type(node.value) in (list, tuple)
         ):
             return [_json_tree(c) for _, c in kids]
-        return {str(seg): _json_tree(c) for seg, c in kids}
+        return {_segment(seg): _json_tree(c) for seg, c in kids}
     if type(node) is ron.Some:
         return _json_tree(node.value)
     if type(node) is ron.Ident:

@@ -29,11 +29,15 @@ field path.
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import math
 import os
 import pickle
+import pickletools
 import re
+import reprlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from hyperstate import _fs, ron
 from hyperstate.distributed.collectives import Ranks
 from hyperstate.distributed.save import CheckpointSave
-from hyperstate.errors import ConvertError
+from hyperstate.errors import ConvertError, StorageError, format_int
 from hyperstate.ron import Some, Struct, TupleStruct
 from hyperstate.serde import did_you_mean, encode_plain
 from hyperstate.storage import (
@@ -128,7 +132,7 @@ class TensorInfo:
         """One line: ``Tensor float32[8, 4] 128 B`` or ``Tensor float32 = 3.0``."""
         if self.inline:
             return f"{self.kind} {self.dtype} = {ron.dumps(self.value)}"
-        text = f"{self.kind} {self.dtype}[{', '.join(map(str, self.shape))}]"
+        text = f"{self.kind} {self.dtype}[{', '.join(map(format_int, self.shape))}]"
         if self.nbytes is not None:
             text += f" {format_size(self.nbytes)}"
         if self.shards is not None:
@@ -250,7 +254,7 @@ def dotted_name(path: tuple[Segment, ...] | list[Segment]) -> str:
     out = ""
     for seg in path:
         if type(seg) is int:
-            out += f"[{seg}]"
+            out += f"[{format_int(seg)}]"
         else:
             out += f".{seg}" if out else str(seg)
     return out
@@ -344,7 +348,10 @@ def iter_tensors(
 
 
 def format_size(nbytes: int) -> str:
-    """``1536`` -> ``1.5 KiB``."""
+    """``1536`` -> ``1.5 KiB``; a size past any real file (a damaged record's) in bytes,
+    abbreviated as :func:`~hyperstate.errors.format_int` does."""
+    if nbytes >= 1 << 63:
+        return f"{format_int(nbytes)} B"
     size = float(nbytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -401,9 +408,12 @@ def detect_format(path: str) -> Format:
             "nor a torch.distributed.checkpoint (no .metadata)"
         )
     try:
-        head = fs.cat_file(fs_path, start=0, end=16)
+        with _fs.open_from(fs, fs_path, path) as f:  # a FIFO or a device is refused
+            head = f.read(16)
     except FileNotFoundError:
         raise ConvertError(f"{path}: no such file or directory") from None
+    except StorageError as e:
+        raise ConvertError(f"{path}: {e.reason}") from None
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "torch"
     if len(head) > 8 and head[8:9] == b"{":
@@ -427,7 +437,7 @@ def read_torch_save(path: str) -> Any:
     fs, fs_path = _fs.url_to_fs(path)
     try:
         if _fs.is_local(fs):
-            with open(fs_path, "rb") as f:
+            with _fs.open_regular(fs_path, path) as f:
                 zipped = f.read(4) == b"PK\x03\x04"
             return torch.load(fs_path, map_location="cpu", weights_only=True, mmap=zipped)
         with fs.open(fs_path, "rb") as f:
@@ -440,6 +450,8 @@ def read_torch_save(path: str) -> Any:
         ) from None
     except FileNotFoundError:
         raise ConvertError(f"{path}: no such file") from None
+    except StorageError as e:
+        raise ConvertError(f"{path}: {e.reason}") from None
     except RuntimeError as e:
         raise ConvertError(f"{path}: not a torch.save file ({e})") from None
 
@@ -452,18 +464,84 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     fs, fs_path = _fs.url_to_fs(path)
     try:
         if _fs.is_local(fs):
+            _fs.open_regular(fs_path, path).close()  # a FIFO or a device is refused
             return load_file(fs_path, device="cpu")
         return load(fs.cat_file(fs_path))
     except SafetensorError as e:
         raise ConvertError(f"{path}: not a safetensors file ({e})") from None
     except FileNotFoundError:
         raise ConvertError(f"{path}: no such file") from None
+    except StorageError as e:
+        raise ConvertError(f"{path}: {e.reason}") from None
 
 
-# The globals a DCP .metadata pickle names: DCP's own metadata records and the torch and
-# pathlib values inside them. Nothing else is looked up, so the pickle cannot call code.
+# ---------------------------------------------------------------------------------------
+# DCP checkpoints, read without trusting them
+#
+# A .metadata file is a pickle. It is checked in three steps before DCP reads a byte of
+# tensor data: its opcodes (_pickle_problem, before anything is unpickled), the classes
+# it names (_MetadataUnpickler), and the records it holds (_dcp_layout, then the files
+# they name). What passes describes a state dict that DCP can read in memory bounded by
+# the size of the files.
+
+_MAX_METADATA_BYTES = 1 << 30
+"""The largest ``.metadata`` read: 1 GiB. DCP writes about 150 bytes per tensor chunk,
+so this is some seven million chunks; checking it takes seconds per 10 MiB."""
+
+_MAX_RANK = 64
+"""The most dimensions of a tensor in DCP metadata (torch's own limit)."""
+
+_MAX_NAME = 4096
+"""The longest file name (``relative_path``) in DCP metadata, in characters."""
+
+# The opcodes a protocol 2-5 pickler writes for plain data and objects. Left out: those
+# that call out of the pickle (persistent ids, the copyreg extension registry, out-of-band
+# buffers), protocol 0-1 forms (INST, OBJ, text ints and strings, PUT/GET by decimal
+# text) and DUP, none of which a DCP pickle contains.
+# fmt: off
+_PICKLE_OPCODES = frozenset([
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "NONE", "NEWTRUE", "NEWFALSE",
+    "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "BINFLOAT",
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
+    "SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BYTEARRAY8",
+    "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+    "EMPTY_LIST", "APPEND", "APPENDS", "EMPTY_DICT", "SETITEM", "SETITEMS",
+    "EMPTY_SET", "ADDITEMS", "FROZENSET",
+    "GLOBAL", "STACK_GLOBAL", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD",
+    "BINPUT", "LONG_BINPUT", "MEMOIZE", "BINGET", "LONG_BINGET",
+])
+# fmt: on
+_STRINGS = frozenset(["SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"])
+_GETS = frozenset(["BINGET", "LONG_BINGET"])
+_FILLS = frozenset(["APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"])
+
+
+def _stack_effects() -> dict[str, tuple[int | None, int, int]]:
+    """Per opcode: how many values below a MARK it takes (None: it takes no MARK), how
+    many values it takes, how many it leaves; from pickletools' description of each."""
+    effects = {}
+    for op in pickletools.opcodes:
+        if op.name in _PICKLE_OPCODES:
+            before, after = op.stack_before, op.stack_after
+            below = (
+                before.index(pickletools.markobject) if pickletools.markobject in before else None
+            )
+            effects[op.name] = (below, len(before), len(after))
+    return effects
+
+
+_STACK_EFFECTS = _stack_effects()
+# Opcodes that only push a plain value.
+_PUSHES = frozenset(
+    name
+    for name, effect in _STACK_EFFECTS.items()
+    if effect == (None, 0, 1) and name not in _STRINGS | _GETS | {"GLOBAL", "MARK"}
+)
+
 _DCP_METADATA = "torch.distributed.checkpoint.metadata"
-_DCP_GLOBALS = frozenset(
+_DCP_FILESYSTEM = "torch.distributed.checkpoint.filesystem"
+# DCP's records: the classes whose fresh instances a pickle may fill in (BUILD).
+_DCP_RECORDS = frozenset(
     [
         *(
             (_DCP_METADATA, name)
@@ -475,10 +553,18 @@ _DCP_GLOBALS = frozenset(
                 "TensorProperties",
                 "MetadataIndex",
                 "StorageMeta",
-                "_MEM_FORMAT_ENCODING",
             )
         ),
-        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        (_DCP_FILESYSTEM, "_StorageInfo"),
+    ]
+)
+# The globals a DCP .metadata pickle names: DCP's records and the torch and pathlib values
+# inside them (dtypes are looked up apart). Nothing else is looked up, so the pickle
+# cannot call code.
+_DCP_GLOBALS = frozenset(
+    [
+        *_DCP_RECORDS,
+        (_DCP_METADATA, "_MEM_FORMAT_ENCODING"),
         ("torch", "Size"),
         ("torch.serialization", "_get_layout"),
         ("collections", "OrderedDict"),
@@ -490,6 +576,134 @@ _DCP_GLOBALS = frozenset(
     ]
 )
 
+# What the opcode check knows of a value on the pickle's stack.
+_RECORD = ("record",)  # a fresh instance of one of _DCP_RECORDS (NEWOBJ)
+_TagOf = Any  # None (any other value), _RECORD, ("str", s) or ("global", module, name)
+
+
+def _pickle_problem(data: bytes) -> str | None:
+    """What makes ``data`` unfit to unpickle as DCP metadata, or None.
+
+    Every opcode is read (with :mod:`pickletools`, which reads only what is there) and
+    its effect on the stack followed, so that the unpickler never sees:
+
+    * a memo index out of order: the C unpickler grows its memo to twice the largest
+      index, so a 9-byte pickle storing entry ``2**30`` would take 16 GiB; a pickler
+      numbers its entries in order, so an index may be at most the number stored so far;
+    * a length (of a string, bytes or a frame) longer than the data that follows;
+    * an opcode outside :data:`_PICKLE_OPCODES`, or a protocol other than 2 to 5;
+    * BUILD on anything but a fresh DCP record: it sets attributes, and on a class or an
+      enum member that the pickle named it would change them for the whole process.
+    """
+    if len(data) < 2 or data[0] != pickle.PROTO[0] or not 2 <= data[1] <= 5:
+        return f"expected a pickle of protocol 2 to 5, found {_shown(data[:2])} first"
+    stack: list[_TagOf] = []
+    marks: list[int] = []
+    memo: list[_TagOf] = []
+    end = -1
+    value: Any
+    try:
+        for op, value, at in pickletools.genops(data):
+            name = op.name
+            # The common cases first: a DCP pickle is mostly these.
+            if name == "MEMOIZE":
+                if len(stack) <= (marks[-1] if marks else 0):
+                    return f"MEMOIZE at byte {at} has no value to store"
+                memo.append(stack[-1])
+                continue
+            if name in _GETS:
+                if value >= len(memo):
+                    return f"{name} at byte {at} fetches memo entry {value} of {len(memo)}"
+                stack.append(memo[value])
+                continue
+            if name in _PUSHES:
+                stack.append(None)
+                continue
+            effect = _STACK_EFFECTS.get(name)
+            if effect is None or (name == "PROTO" and at):
+                return f"found the opcode {name} at byte {at}, which DCP metadata has no use for"
+            floor = marks[-1] if marks else 0
+            if name == "MARK":
+                marks.append(len(stack))
+            elif name == "POP" and marks and marks[-1] == len(stack):
+                marks.pop()
+            elif name in ("BINPUT", "LONG_BINPUT"):
+                if len(stack) <= floor:
+                    return f"{name} at byte {at} has no value to store"
+                if value > len(memo):
+                    return (
+                        f"{name} at byte {at} stores memo entry {value} when {len(memo)} are "
+                        "stored (a pickler numbers them in order)"
+                    )
+                if value == len(memo):
+                    memo.append(stack[-1])
+                else:
+                    memo[value] = stack[-1]
+            elif name == "FRAME":
+                if value > len(data) - (at or 0) - 9:
+                    return f"a frame of {value} bytes at byte {at} runs past the end"
+            elif name != "PROTO":
+                below, takes, leaves = effect
+                if below is not None:
+                    if not marks:
+                        return f"{name} at byte {at} has no MARK"
+                    del stack[marks.pop() :]
+                    floor = marks[-1] if marks else 0
+                    takes = below
+                if len(stack) - takes < floor:
+                    return f"{name} at byte {at} takes {takes} values, found {len(stack) - floor}"
+                taken = stack[len(stack) - takes :]
+                del stack[len(stack) - takes :]
+                tag: _TagOf = None
+                if name == "GLOBAL":
+                    module, _, attr = value.partition(" ")
+                    tag = ("global", module, attr)
+                elif name == "STACK_GLOBAL":
+                    if not all(type(t) is tuple and t[0] == "str" for t in taken):
+                        return f"STACK_GLOBAL at byte {at} needs two strings"
+                    tag = ("global", taken[0][1], taken[1][1])
+                elif name in _STRINGS:
+                    tag = ("str", value) if len(value) <= 256 else None
+                elif name in ("NEWOBJ", "NEWOBJ_EX"):
+                    cls = taken[0]
+                    record = type(cls) is tuple and cls[0] == "global" and cls[1:] in _DCP_RECORDS
+                    tag = _RECORD if record else None
+                elif name == "BUILD":
+                    if taken[0] is not _RECORD:
+                        target = taken[0]
+                        what = (
+                            f"{target[1]}.{target[2]} itself"
+                            if type(target) is tuple and target[0] == "global"
+                            else "a value that is not a new DCP record"
+                        )
+                        return f"BUILD at byte {at} sets attributes of {what}"
+                    tag = _RECORD
+                elif name in _FILLS:
+                    tag = taken[0]
+                if name == "STOP":
+                    end = at or 0
+                elif leaves:
+                    stack.append(tag)
+    except Exception as e:  # genops: ValueError (and its subclasses) on what is no pickle
+        return f"not a pickle ({_reason(e)})"
+    if end < 0:
+        return "not a pickle (no STOP)"
+    if end + 1 != len(data):
+        return f"{len(data) - end - 1} bytes follow the end of the pickle"
+    return None
+
+
+@functools.cache
+def _torch_dtypes() -> dict[str, Any]:
+    """The dtypes of the ``torch`` module by name (``float32``, ``bfloat16``, ...).
+
+    Read from ``vars(torch)``: ``getattr(torch, name)`` would import a submodule such as
+    ``torch._dynamo`` or ``torch.onnx`` for a name in a pickle.
+    """
+    import torch
+
+    return {name: v for name, v in vars(torch).items() if isinstance(v, torch.dtype)}
+
 
 class _MetadataUnpickler(pickle.Unpickler):
     """Unpickles DCP's ``.metadata`` with a fixed list of globals (Python's "restricting
@@ -499,14 +713,287 @@ class _MetadataUnpickler(pickle.Unpickler):
         if (module, name) in _DCP_GLOBALS:
             return super().find_class(module, name)
         if module == "torch":
-            import torch
-
-            dtype = getattr(torch, name, None)
-            if isinstance(dtype, torch.dtype):
+            dtype = _torch_dtypes().get(name)
+            if dtype is not None:
                 return dtype
+        named = f"{module}.{name}"
+        if len(named) > 120 or not named.isprintable():
+            named = _shown(named)
         raise pickle.UnpicklingError(
-            f"refusing {module}.{name}: not part of torch.distributed.checkpoint metadata"
+            f"refusing {named}: not part of torch.distributed.checkpoint metadata"
         )
+
+
+# A safe, short rendering of a value from a hostile file, for messages.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 2
+_MISSING = object()
+
+
+def _shown(value: Any) -> str:
+    if value is _MISSING:
+        return "nothing"
+    if value is None or isinstance(value, str | bytes | int | float | tuple | list | dict):
+        try:
+            return _REPR.repr(value)
+        except Exception:  # an int too long to print, say
+            pass
+    return f"a {type(value).__name__}"
+
+
+def _message(error: BaseException) -> str:
+    """The first line of an exception's message, at most 300 characters."""
+    try:
+        text = str(error).strip()
+    except Exception:  # str() of a KeyError of an int too long to print, say
+        text = ""
+    first = text.splitlines()[0] if text else ""
+    return first if len(first) <= 300 else first[:300] + "..."
+
+
+def _reason(error: BaseException) -> str:
+    """``KeyError: 'x'``: one short line for any exception."""
+    message = _message(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _attr(record: Any, name: str) -> Any:
+    """A field of a record from the pickle, or _MISSING (NEWOBJ without BUILD sets none)."""
+    return getattr(record, name, _MISSING)
+
+
+def _dims(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, tuple) or len(value) > _MAX_RANK:
+        return None
+    if not all(type(n) is int and 0 <= n < 1 << 62 for n in value):
+        return None
+    return tuple(value)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and 0 <= value < 1 << 62
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where a DCP entry's bytes are: ``length`` bytes at ``offset`` of file ``file``."""
+
+    file: str
+    offset: int
+    length: int
+    entry: str
+
+
+_CHUNK = Struct("Chunk", {})  # codec's tiling check reads a shard's place, not its record
+
+
+def _dcp_layout(metadata: Any, where: str) -> list[_Span]:
+    """Check DCP metadata record by record; return where every entry is stored.
+
+    Each tensor's chunks must tile it exactly (checked on the records, before anything
+    is allocated) and each chunk's bytes fit in its storage entry; entries must be
+    stored in plain relative files, without transforms, without sharing bytes; DCP's
+    key paths (``planner_data``) must rebuild the state dict without conflict. So DCP
+    allocates no more for its tensors than the files hold.
+
+    Raises:
+        ConvertError: naming ``where`` (the ``.metadata`` file), the record, and what
+            was expected and found.
+    """
+    import torch
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        StorageMeta,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    def bad(what: str, expected: str, found: Any) -> ConvertError:
+        return ConvertError(f"{where}: {what}: expected {expected}, found {_shown(found)}")
+
+    if type(metadata) is not Metadata:
+        raise bad("the pickle", "DCP Metadata", metadata)
+    entries = _attr(metadata, "state_dict_metadata")
+    storage = _attr(metadata, "storage_data")
+    meta = _attr(metadata, "storage_meta")
+    if type(entries) is not dict:
+        raise bad("state_dict_metadata", "a dict of tensor and bytes entries", entries)
+    if type(storage) is not dict:
+        raise bad("storage_data", "a dict of where each entry is stored", storage)
+    if meta is not None and type(meta) is not StorageMeta:
+        raise bad("storage_meta", "None or a StorageMeta", meta)
+
+    stored: dict[tuple[str, tuple[int, ...] | None], _Span] = {}
+    for index, info in storage.items():
+        if type(index) is not MetadataIndex:
+            raise bad("a key of storage_data", "a MetadataIndex", index)
+        fqn, offset = _attr(index, "fqn"), _attr(index, "offset")
+        if type(fqn) is not str:
+            raise bad("a key of storage_data", "an entry name (a string)", fqn)
+        at = f"storage_data[{_shown(fqn)}]"
+        dims = None if offset is None else _dims(offset)
+        if offset is not None and dims is None:
+            raise bad(f"{at}.offset", "None or a torch.Size", offset)
+        if offset is not None:
+            at = f"storage_data[{_shown(fqn)} at {_shown(dims)}]"
+        if type(info) is not _StorageInfo:
+            raise bad(at, "a _StorageInfo", info)
+        file = _attr(info, "relative_path")
+        if type(file) is not str or len(file) > _MAX_NAME:
+            raise bad(f"{at}.relative_path", f"a file name of at most {_MAX_NAME} characters", file)
+        try:
+            _fs.check_relpath(file)
+        except ValueError as e:
+            raise ConvertError(f"{where}: {at}.relative_path: {e}") from None
+        start, length = _attr(info, "offset"), _attr(info, "length")
+        if not _is_count(start):
+            raise bad(f"{at}.offset", "a byte offset (an int >= 0)", start)
+        if not _is_count(length):
+            raise bad(f"{at}.length", "a byte count (an int >= 0)", length)
+        transforms = _attr(info, "transform_descriptors")
+        if not (transforms is None or (type(transforms) in (list, tuple) and not transforms)):
+            raise bad(
+                f"{at}.transform_descriptors",
+                "none (compressed or otherwise transformed entries are not imported)",
+                transforms,
+            )
+        stored[(fqn, dims)] = _Span(file, start, length, fqn)
+
+    def span_of(fqn: str, dims: tuple[int, ...] | None, at: str) -> _Span:
+        span = stored.get((fqn, dims))
+        if span is None:
+            raise ConvertError(f"{where}: {at}: expected an entry in storage_data, found none")
+        return span
+
+    for fqn, entry in entries.items():
+        if type(fqn) is not str:
+            raise bad("a key of state_dict_metadata", "an entry name (a string)", fqn)
+        at = f"state_dict_metadata[{_shown(fqn)}]"
+        if type(entry) is BytesStorageMetadata:
+            span_of(fqn, None, at)
+            continue
+        if type(entry) is not TensorStorageMetadata:
+            raise bad(at, "TensorStorageMetadata or BytesStorageMetadata", entry)
+        properties = _attr(entry, "properties")
+        dtype = _attr(properties, "dtype")
+        if type(properties) is not TensorProperties or type(dtype) is not torch.dtype:
+            raise bad(f"{at}.properties", "TensorProperties with a torch dtype", properties)
+        size, chunks = _dims(_attr(entry, "size")), _attr(entry, "chunks")
+        if size is None:
+            expected = f"a torch.Size of at most {_MAX_RANK} dims"
+            raise bad(f"{at}.size", expected, _attr(entry, "size"))
+        if type(chunks) is not list:
+            raise bad(f"{at}.chunks", "a list of ChunkStorageMetadata", chunks)
+        shards = []
+        for i, chunk in enumerate(chunks):
+            cat = f"{at}.chunks[{i}]"
+            if type(chunk) is not ChunkStorageMetadata:
+                raise bad(cat, "ChunkStorageMetadata", chunk)
+            offsets, sizes = _dims(_attr(chunk, "offsets")), _dims(_attr(chunk, "sizes"))
+            if offsets is None or sizes is None or not len(offsets) == len(sizes) == len(size):
+                expected = f"offsets and sizes as a torch.Size of {len(size)} dims each"
+                raise bad(cat, expected, (_attr(chunk, "offsets"), _attr(chunk, "sizes")))
+            nbytes = math.prod(sizes) * dtype.itemsize
+            span = span_of(fqn, offsets, cat)
+            if nbytes > span.length:
+                raise ConvertError(
+                    f"{where}: {cat}: expected its {nbytes} bytes ({dtype} {list(sizes)}) in "
+                    f"storage, found an entry of {span.length} bytes"
+                )
+            shards.append(codec.Shard(offsets, sizes, _CHUNK))
+        problem = codec._tiling_problem(size, shards)
+        if problem is not None:
+            raise ConvertError(f"{where}: {at}: the chunks of a {list(size)} tensor {problem}")
+
+    _check_key_paths(_attr(metadata, "planner_data"), entries, where)
+
+    spans = sorted(stored.values(), key=lambda s: (s.file, s.offset, s.length))
+    for a, b in itertools.pairwise(spans):
+        if a.file == b.file and b.offset < a.offset + a.length:
+            raise ConvertError(
+                f"{where}: storage_data: expected every entry stored in bytes of its own, "
+                f"found {_shown(a.entry)} and {_shown(b.entry)} sharing bytes of {a.file}"
+            )
+    return spans
+
+
+def _check_key_paths(paths: Any, entries: dict[str, Any], where: str) -> None:
+    """DCP rebuilds the state dict by setting each entry at its key path
+    (``planner_data``, ``("optimizer", "state", "0", "exp_avg")``), growing lists to
+    each index. The paths must join to their entry's name, and agree: no value also a
+    container, no container both a dict and a list, and no list with a gap (DCP cannot
+    load one, and a gap of 2**40 would be allocated)."""
+    if paths is not None and type(paths) is not dict:
+        raise ConvertError(f"{where}: planner_data: expected a dict, found {_shown(paths)}")
+    # A tree of the paths: node = [kind, children, max index + 1].
+    root: dict[Any, list[Any]] = {}
+    lists: list[tuple[str, list[Any]]] = []
+    for fqn in entries:
+        path = (fqn,) if paths is None or fqn not in paths else paths[fqn]
+        at = f"planner_data[{_shown(fqn)}]"
+        if (
+            type(path) is not tuple
+            or not 0 < len(path) <= len(fqn) + 1
+            or type(path[0]) is not str
+            or not all(type(s) is str or _is_count(s) for s in path)
+            or ".".join(map(str, path)) != fqn
+        ):
+            raise ConvertError(
+                f"{where}: {at}: expected a tuple of keys and indices that joins to "
+                f"{_shown(fqn)}, found {_shown(path)}"
+            )
+        children = root
+        for depth, seg in enumerate(path):
+            last = depth == len(path) - 1
+            kind = "value" if last else "list" if type(path[depth + 1]) is int else "dict"
+            node = children.get(seg)
+            if node is None:
+                node = children[seg] = [kind, {}, 0]
+                if kind == "list":
+                    lists.append((fqn, node))
+            elif node[0] != kind or last:
+                raise ConvertError(
+                    f"{where}: {at}: expected key paths that agree, found {_shown(path)} "
+                    f"making {_shown(list(path[: depth + 1]))} both a {node[0]} and a {kind}"
+                )
+            if kind == "list":
+                node[2] = max(node[2], path[depth + 1] + 1)
+            children = node[1]
+    for fqn, node in lists:
+        if node[2] != len(node[1]):
+            raise ConvertError(
+                f"{where}: planner_data: expected lists without gaps, found one of "
+                f"{len(node[1])} items reaching index {node[2] - 1} (at {_shown(fqn)})"
+            )
+
+
+def _check_dcp_files(fs: Any, root: str, url: str, spans: list[_Span]) -> None:
+    """Every file that the metadata names is a regular file inside the checkpoint
+    directory (no link out of it), and holds the bytes of its entries."""
+    ends: dict[str, _Span] = {}
+    for span in spans:
+        last = ends.get(span.file)
+        if last is None or span.offset + span.length > last.offset + last.length:
+            ends[span.file] = span
+    for file, span in ends.items():
+        file_url = f"{url}/{file}"
+        try:
+            with _fs.open_from(fs, f"{root}/{file}", file_url, within=root) as f:
+                size = f.seek(0, os.SEEK_END)
+        except FileNotFoundError:
+            raise ConvertError(f"{file_url}: no such file (storage_data names it)") from None
+        except (StorageError, OSError) as e:
+            raise ConvertError(str(e) if isinstance(e, StorageError) else _reason(e)) from None
+        if span.offset + span.length > size:
+            raise ConvertError(
+                f"{file_url}: expected at least {span.offset + span.length} bytes (entry "
+                f"{_shown(span.entry)} ends there), found {size}"
+            )
 
 
 def read_dcp(path: str) -> dict[str, Any]:
@@ -515,15 +1002,21 @@ def read_dcp(path: str) -> dict[str, Any]:
     Sharded tensors come back whole (every shard is read into one tensor), in one
     process. DCP's own reader unpickles ``.metadata`` with plain ``pickle`` and non-tensor
     values with ``torch.load(weights_only=False)``, either of which would run code from
-    the file; here ``.metadata`` is read with a fixed list of allowed classes and every
-    value with ``weights_only=True``. Tensors are read by DCP itself (with
-    ``weights_only=True``). This uses DCP's private loader
+    the file; here ``.metadata`` (of at most 1 GiB) has its opcodes checked, is read with
+    a fixed list of allowed classes, and its records are checked before DCP reads
+    anything (files inside the directory, byte ranges inside the files, chunks that tile
+    their tensors), and every value is read with ``weights_only=True``. Tensors are read
+    by DCP itself (with ``weights_only=True``). This uses DCP's private loader
     (``state_dict_loader._load_state_dict`` with ``_EmptyStateDictLoadPlanner``, as
     ``torch.distributed.checkpoint.format_utils.dcp_to_torch_save`` does), so it may need
-    a change for a future torch.
+    a change for a future torch. Entries stored with transforms (compression) are not
+    imported.
 
     Note DCP's flattening: int keys of nested dicts (an optimizer's ``state`` by param
     index) come back as strings.
+
+    Raises:
+        ConvertError: anything wrong with the directory, its metadata or its files.
     """
     import torch
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
@@ -536,27 +1029,39 @@ def read_dcp(path: str) -> dict[str, Any]:
     fs, fs_path = _fs.url_to_fs(path)
     local = _fs.is_local(fs)
     base: type[FileSystemReader] = FileSystemReader if local else FsspecReader
+    root = fs_path.rstrip("/") or "/"
+    url = path.rstrip("/") or "/"
+    where = f"{url}/.metadata"
 
-    marker = f"{fs_path.rstrip('/')}/.metadata"
-    if not fs.exists(marker):
-        raise ConvertError(f"{path}: not a torch.distributed.checkpoint (no .metadata)")
-    with fs.open(marker, "rb") as f:
-        try:
-            metadata = _MetadataUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
-            raise ConvertError(f"{path}/.metadata: {e}") from None
-    if not isinstance(metadata, Metadata):
-        found = type(metadata).__name__
-        raise ConvertError(f"{path}/.metadata: expected DCP Metadata, found {found}")
+    try:
+        with _fs.open_from(fs, f"{root}/.metadata", where, within=root) as f:
+            data = f.read(_MAX_METADATA_BYTES + 1)
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: not a torch.distributed.checkpoint (no .metadata)") from None
+    except (StorageError, OSError) as e:
+        raise ConvertError(str(e) if isinstance(e, StorageError) else _reason(e)) from None
+    if len(data) > _MAX_METADATA_BYTES:
+        raise ConvertError(f"{where}: expected at most {_MAX_METADATA_BYTES} bytes, found more")
+    problem = _pickle_problem(data)
+    if problem is not None:
+        raise ConvertError(f"{where}: refused: {problem}")
+    try:
+        metadata = _MetadataUnpickler(io.BytesIO(data), fix_imports=False).load()
+    except pickle.UnpicklingError as e:
+        raise ConvertError(f"{where}: {_message(e)}") from None
+    except Exception as e:  # an allowed class called with bad arguments, say
+        raise ConvertError(f"{where}: not DCP metadata ({_reason(e)})") from None
+    del data
+    spans = _dcp_layout(metadata, where)
+    _check_dcp_files(fs, root, url, spans)
     checked: Metadata = metadata
 
     class SafeReader(base):  # type: ignore[valid-type,misc]
         def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
             if kwargs.get("rank") is not None:
                 raise FileNotFoundError("only the global .metadata is read")
-            if getattr(checked, "storage_meta", None) is None:
+            if checked.storage_meta is None:
                 checked.storage_meta = StorageMeta()
-            assert checked.storage_meta is not None
             checked.storage_meta.load_id = self.load_id
             return checked
 
@@ -567,10 +1072,9 @@ def read_dcp(path: str) -> dict[str, Any]:
             try:
                 obj = torch.load(value, weights_only=True)
             except pickle.UnpicklingError as e:
-                first = str(e).strip().splitlines()[0]
-                fqn = read_item.dest_index.fqn
+                fqn = _shown(read_item.dest_index.fqn)
                 raise ConvertError(
-                    f"{path}: value {fqn!r} refused by weights_only ({first})"
+                    f"{path}: value {fqn} refused by weights_only ({_message(e)})"
                 ) from None
             again = io.BytesIO()
             torch.save(obj, again)
@@ -590,7 +1094,11 @@ def read_dcp(path: str) -> dict[str, Any]:
         inner = next(iter(e.failures.values()))[0] if e.failures else e
         if isinstance(inner, ConvertError):
             raise inner from None
-        raise ConvertError(f"{path}: {type(inner).__name__}: {inner}") from None
+        raise ConvertError(f"{path}: {_reason(inner)}") from None
+    except ConvertError:
+        raise
+    except Exception as e:
+        raise ConvertError(f"{path}: {_reason(e)}") from None
     return state
 
 
