@@ -39,7 +39,7 @@ PerRank = per_rank.PerRank
 typeinfo.register(nodes.EXTENSION)
 typeinfo.register(per_rank.EXTENSION)
 
-__version__ = "0.1.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "Blob",

@@ -444,11 +444,28 @@ def _parse_leaf(
                 raise _BadOverride(
                     path, f"invalid schedule for {format_path(path)}: {err}"
                 ) from None
+        hint = None
+        if _is_number(base) and schedules is not None:
+            if _is_schedule(f"step: {text}", schedules):
+                hint = f"a schedule starts with 'step:': did you mean 'step: {text}'?"
+            elif "@" in text or _SCHEDULE_WORD.search(text):
+                hint = "a schedule is written 'step: VALUE@STEP KIND VALUE@STEP ...'"
         raise _BadOverride(
             path,
             f"cannot parse value {text!r} for {format_path(path)} ({format_type(node)}): "
             f"{e.msg} at column {e.col}",
+            hint,
         ) from None
+
+
+_SCHEDULE_WORD = re.compile(r"\b(lin|cos|step|exp|poly)\b")
+
+
+def _is_schedule(text: str, schedules: ScheduleParser) -> bool:
+    try:
+        return schedules(text) is not None
+    except ValueError:
+        return False
 
 
 def _is_number(node: SchemaType) -> bool:
