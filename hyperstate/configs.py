@@ -17,6 +17,7 @@ Config(lr=0.3, batch_size=256)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from hyperstate import _fs, ron, scheduled
 from hyperstate.distributed.dtensor import reshard
 from hyperstate.distributed.save import write_beside
-from hyperstate.errors import ConfigError, Issue, ValuePath
+from hyperstate.errors import ConfigError, Issue, ValuePath, format_path
 from hyperstate.overrides import apply_overrides_collect
 from hyperstate.ron import Struct
 from hyperstate.scheduled import set_schedules, with_schedule_text
@@ -38,6 +39,8 @@ __all__ = ["dump", "dumps", "load", "loads"]
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
+
+log = logging.getLogger("hyperstate")
 
 
 def dumps(obj: Any, *, elide_defaults: bool = False) -> str:
@@ -111,6 +114,7 @@ def load(
     initial_state: Any = None,
     map_location: Any = None,
     verify: bool = True,
+    state: bool | None = None,
 ) -> T:
     """Load a config or state of class ``cls`` from ``path`` (a local path or fsspec URL).
 
@@ -122,10 +126,15 @@ def load(
     Args:
         ctx: passed to ``Serializable.deserialize`` (e.g. ``{"config": config}``).
         initial_state: a function of ``ctx["config"]`` returning a fresh state, or such a
-            state object; stateful fields (modules, optimizers, ...) load into its objects.
+            state object; stateful fields (modules, optimizers, ...) load into its objects,
+            and fields that the file lacks (added to the class since) take its values.
         map_location: the device to load tensors to (default: where they were saved,
             or the CPU when that device is missing).
         verify: check each blob entry's checksum as it is read.
+        state: whether the file is a state, which the code may have changed since it
+            was written: fields the class no longer has are ignored, with a warning,
+            instead of failing as a config's unknown fields do. By default, a state
+            exactly when ``initial_state`` is given.
     """
     if path is None:
         return _build(cls, Struct(None, {}), None, "<defaults>", overrides, ignore_extra_fields)
@@ -140,6 +149,7 @@ def load(
         initial_state=initial_state,
         map_location=map_location,
         verify=verify,
+        state=state,
     )
 
 
@@ -158,6 +168,7 @@ def load_text(
     world_size: int = 1,
     per_rank_reinit: bool = False,
     file_checksums: Mapping[str, str] | None = None,
+    state: bool | None = None,
 ) -> T:
     """:func:`load` of the ``text`` of the file at ``url`` (already read, e.g. by rank 0).
 
@@ -181,7 +192,17 @@ def load_text(
         reshard=reshard,
         file_checksums=file_checksums,
     ):
-        return _build(cls, tree, text, url, overrides, ignore_extra_fields)
+        is_state = state if state is not None else initial_state is not None
+        return _build(
+            cls,
+            tree,
+            text,
+            url,
+            overrides,
+            ignore_extra_fields,
+            state=is_state,
+            initial=initial if is_state else None,
+        )
 
 
 def _build(
@@ -191,6 +212,9 @@ def _build(
     file: str,
     overrides: Sequence[str] | None,
     ignore_extra_fields: bool,
+    *,
+    state: bool = False,
+    initial: Any = None,
 ) -> T:
     node = struct_schema(cls)
     # Only a file can be at an old version: a config built from the defaults is current.
@@ -215,13 +239,42 @@ def _build(
         schedules=scheduled.parse,
         # A Lazy field decoded later, on first access, places its issues in the file too.
         place=lambda issues: _place(issues, text, file, applied),
+        state=state,
+        initial=initial,
     )
     if result.issues or bad_overrides:
         raise ConfigError(bad_overrides + _place(result.issues, text, file, applied))
     value: T = result.value
+    _log_code_changes(node.name, file, result.taken, result.dropped)
     if result.schedules:
         set_schedules(value, result.schedules)
     return value
+
+
+def _log_code_changes(
+    name: str, file: str, taken: list[ValuePath], dropped: list[ValuePath]
+) -> None:
+    """Say which fields of a state the code has gained or lost since ``file`` was written."""
+    if taken:
+        log.info(
+            "%s: fields not in the checkpoint, taken from initial_state: %s",
+            file,
+            ", ".join(map(format_path, taken)),
+        )
+    if dropped:
+        renamed = (
+            "; if one of them was renamed, make the class Versioned with a RenameField "
+            "rule to keep its value (docs/state.md)"
+            if taken
+            else ""
+        )
+        log.warning(
+            "%s: fields of the checkpoint that %s no longer has, ignored: %s%s",
+            file,
+            name,
+            ", ".join(map(format_path, dropped)),
+            renamed,
+        )
 
 
 def _place(

@@ -8,6 +8,7 @@ when the message is rendered.
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ __all__ = [
     "HyperstateError",
     "Issue",
     "ParseError",
+    "Preempted",
     "ScheduleError",
     "StateError",
     "StorageError",
@@ -370,3 +372,42 @@ class DistributedError(HyperstateError):
 
 class ConvertError(HyperstateError):
     """A file that cannot be imported or exported as asked, or a field path not found."""
+
+
+class Preempted(HyperstateError, SystemExit):
+    """The run was told to stop (SIGTERM or SIGINT) and committed its last step first.
+
+    ``StateManager.step()`` raises it, on every rank together, once the checkpoint of the
+    current step is committed, so that the script's ``finally`` and ``with`` blocks run.
+    It is also a :class:`SystemExit` whose ``code`` is ``128 + signum``: left uncaught, the
+    process ends with that exit status (143 for SIGTERM, 130 for SIGINT), the status a
+    shell reports for a process the signal ended, with no traceback, after ``finally``
+    blocks and ``atexit`` handlers ran.
+
+    Attributes:
+        signum: the number of the signal that asked the run to stop.
+        number: the checkpoint that holds the last step, or None when there is none (no
+            ``checkpoint_dir``, or no step taken yet).
+        path: that checkpoint's directory (URL or local path), or None.
+    """
+
+    def __init__(self, signum: int, number: int | None = None, path: str | None = None) -> None:
+        self.signum = signum
+        self.number = number
+        self.path = path
+        super().__init__(str(self))
+        self.code = 128 + signum
+
+    def __str__(self) -> str:
+        try:
+            name = f"{signal.Signals(self.signum).name} (signal {self.signum})"
+        except ValueError:
+            name = f"signal {self.signum}"
+        if self.path is None:
+            saved = "without a checkpoint (no checkpoint_dir, or no step taken yet)"
+        else:
+            saved = f"after committing checkpoint {self.number} at {self.path}"
+        return f"stopped by {name} {saved}; exit status {128 + self.signum}"
+
+    def __reduce__(self) -> tuple[type[Preempted], tuple[int, int | None, str | None]]:
+        return (type(self), (self.signum, self.number, self.path))

@@ -20,24 +20,30 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
 from hyperstate import ron
+from hyperstate.args import parse_command_line
 from hyperstate.configs import dumps, load, load_text, loads
 from hyperstate.distributed.collectives import Ranks
 from hyperstate.distributed.restore import Corrupt, Found, decode_everywhere, find
 from hyperstate.distributed.save import CheckpointSave
 from hyperstate.edits import apply_edit, apply_edit_requests
-from hyperstate.errors import ConfigError, HyperstateError, Issue
+from hyperstate.errors import ConfigError, HyperstateError, Issue, Preempted
 from hyperstate.scheduled import check_schedule_fields, update_schedules
 from hyperstate.serde import to_value
 from hyperstate.storage import (
@@ -118,7 +124,9 @@ class StateManager(Generic[C, S]):
         state_clz: the state dataclass.
         initial_state: builds a fresh state from the config (also used to restore
             stateful objects such as models and optimizers into).
-        path: a config file, a checkpoint directory, or None (config from defaults).
+        path: a config file, a checkpoint directory, a run directory (as its newest
+            committed checkpoint's directory), or None (config from defaults). A
+            checkpoint's state is restored too, when ``checkpoint_dir`` has none.
         checkpoint_dir: where checkpoints go (any fsspec URL). If it holds a committed
             checkpoint, the run resumes from the newest one: config and state from the
             checkpoint, ``overrides`` applied on top (and recorded in later checkpoints).
@@ -141,10 +149,25 @@ class StateManager(Generic[C, S]):
         collective_timeout: under ``torchrun``, how many seconds a rank waits for the
             others (e.g. for one that died mid-save) before raising
             :class:`~hyperstate.distributed.DistributedError`; default 300.
+        save_on_close: ``close()`` (and leaving the ``with`` block without an exception)
+            commits a checkpoint of the last step when the state advanced since the
+            last checkpoint. Never after an exception in the ``with`` block: the state
+            may be half-updated (a warning says so).
+        handle_signals: while the manager is open, SIGTERM and SIGINT only ask the run
+            to stop: the next ``step()`` commits a checkpoint (on every rank together)
+            and raises :class:`~hyperstate.Preempted`. Handlers installed before are
+            called too and are put back by ``close()``. Only when the manager is made in
+            the main thread; a signal the process ignores (``SIG_IGN``) stays ignored.
+        log_every_rank: under ``torchrun`` only rank 0 logs the run's events (start,
+            resume, saves, pruning, stopping) to the ``"hyperstate"`` logger; True
+            makes every rank log them.
 
     Under ``torchrun`` every rank constructs the manager with the same arguments and calls
     ``step()`` / ``checkpoint()`` at the same points; see docs/distributed.md.
     """
+
+    args: argparse.Namespace | None = None
+    """The options of the script's own parser, when :meth:`from_args` made the manager."""
 
     def __init__(
         self,
@@ -163,6 +186,9 @@ class StateManager(Generic[C, S]):
         edit_check_seconds: float | None = 5.0,
         per_rank: Literal["error", "reinit"] = "error",
         collective_timeout: float | None = None,
+        save_on_close: bool = True,
+        handle_signals: bool = True,
+        log_every_rank: bool = False,
     ) -> None:
         self.config_clz = config_clz
         self.state_clz = state_clz
@@ -171,6 +197,7 @@ class StateManager(Generic[C, S]):
         self.policy = policy or CheckpointPolicy()
         self._ctx = dict(ctx or {})
         self._steps = 0
+        self._run_started = time.monotonic()  # COMMITTED's run metadata counts from here
         self._last_checkpoint_time = time.monotonic()
         self.async_save = async_save
         self.max_staging_bytes = max_staging_bytes
@@ -186,6 +213,14 @@ class StateManager(Generic[C, S]):
             raise ValueError(f"per_rank must be 'error' or 'reinit', got {per_rank!r}")
         self.per_rank = per_rank
         self.ranks = Ranks(collective_timeout)
+        self.save_on_close = save_on_close
+        self.handle_signals = handle_signals
+        self._log_events = log_every_rank or self.ranks.is_coordinator
+        self._signals: _StopSignals | None = None
+        self._stepped = False  # step() was called since the last checkpoint
+        self._failed: str | None = None  # an error step(), checkpoint() or wait() raised
+        self._last_number: int | None = None  # of the newest checkpoint saved or resumed
+        self._start_number: int | None = None  # a fresh run's first number: no save needed
         overrides = list(overrides or [])
 
         # Rank 0 picks the checkpoint (or config file) and sends its text to every rank,
@@ -209,6 +244,7 @@ class StateManager(Generic[C, S]):
                 self._corrupt[found.info.number] = str(e)
                 continue
             self.resumed_from = found.info
+            self._last_number = found.info.number
             self._steps = found.info.number if checkpoint_key is None else 0
             break
         if found.info is None:
@@ -228,6 +264,34 @@ class StateManager(Generic[C, S]):
             )
         check_schedule_fields(self.config, self.state)
         update_schedules(self.config, self.state)
+        self._log_start(overrides)
+        if self.store is not None and self.resumed_from is None:
+            self._start_number = self._number()
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            self._signals = _StopSignals()
+            # A manager dropped without close() gives the signals back when collected.
+            weakref.finalize(self, self._signals.restore)
+
+    def _event(self, level: int, msg: str, *args: Any) -> None:
+        """Log a run event: on rank 0 only, unless ``log_every_rank``."""
+        if self._log_events:
+            log.log(level, msg, *args)
+
+    def _log_start(self, overrides: list[str]) -> None:
+        to = f"checkpoints go to {self.store.url}" if self.store else "no checkpoint_dir: no saves"
+        with_overrides = f"overrides {overrides}" if overrides else "no overrides"
+        if self.resumed_from is not None:
+            info = self.resumed_from
+            self._event(
+                logging.INFO,
+                "resuming from checkpoint %s at %s with %s; %s",
+                info.number,
+                info.path,
+                with_overrides,
+                to,
+            )
+        else:
+            self._event(logging.INFO, "starting a fresh run with %s; %s", with_overrides, to)
 
     # -- loading --------------------------------------------------------------------------
 
@@ -243,6 +307,7 @@ class StateManager(Generic[C, S]):
             found.state_text,
             ctx={**self._ctx, "config": config},
             initial_state=lambda c: self.initial_state(config),
+            state=True,
             rank=self.ranks.rank,
             world_size=self.ranks.world_size,
             per_rank_reinit=self.per_rank == "reinit",
@@ -253,26 +318,53 @@ class StateManager(Generic[C, S]):
     # -- the loop -------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Apply schedules to the config, then checkpoint if the policy says so."""
-        self._raise_background_error()
-        self._steps += 1
-        due_by_time = self._sync_step()
-        update_schedules(self.config, self.state)
-        if self.store is not None and self._due(due_by_time):
-            self.checkpoint()
+        """Apply schedules to the config, then checkpoint if the policy says so.
 
-    def _sync_step(self) -> bool:
-        """Apply live edits (on every rank at the same step); whether a save is due by time.
+        Raises:
+            Preempted: a SIGTERM or SIGINT came since the last ``step()`` (see
+                ``handle_signals``); the checkpoint of this step is committed first.
+        """
+        with self._failures():
+            self._raise_background_error()
+            self._steps += 1
+            self._stepped = True
+            due_by_time, stop = self._sync_step()
+            update_schedules(self.config, self.state)
+            if stop:
+                self._stop(stop)
+            if self.store is not None and self._due(due_by_time):
+                self.checkpoint()
 
-        Rank 0 looks at the clock and the edit requests; with several ranks it sends what
-        it found in one small broadcast per step (only when time-based checkpoints or live
-        edits are on), so that every rank edits and saves at the same step.
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """Remember an error raised to the script: ``close()`` then saves nothing (a rank
+        may be gone, a save half done); :class:`Preempted` is no error."""
+        try:
+            yield
+        except Preempted:
+            raise
+        except BaseException as e:
+            self._failed = self._failed or f"{type(e).__name__}: {e}"
+            raise
+
+    def _sync_step(self) -> tuple[bool, int]:
+        """Apply live edits (on every rank at the same step); whether a save is due by
+        time, and the signal that asks the run to stop (0 if none).
+
+        Rank 0 looks at the clock and the edit requests, every rank at the signals it
+        received; with several ranks one small collective per step (when time-based
+        checkpoints, live edits or signal handling are on) gives every rank rank 0's
+        findings and any rank's signal, so that every rank edits, saves and stops at the
+        same step.
         """
         ranks = self.ranks
         edits_on = self.store is not None and self.edit_check_seconds is not None
         seconds = self.policy.every_seconds
-        if not edits_on and seconds is None:
-            return False
+        # The same on every rank (not whether this rank could install handlers), so that
+        # every rank joins the collective below or none does.
+        if not edits_on and seconds is None and not self.handle_signals:
+            return False, 0
+        stop = self._signals.received if self._signals is not None else 0
         flags = 0
         applied: list[list[str]] = []
         if ranks.is_coordinator:
@@ -286,8 +378,8 @@ class StateManager(Generic[C, S]):
             if seconds is not None and now - self._last_checkpoint_time >= seconds:
                 flags |= 2
         if not ranks.distributed:
-            return bool(flags & 2)
-        flags = ranks.flag("step", flags)
+            return bool(flags & 2), stop
+        flags, stop = ranks.maximum("step", (flags, stop))
         if flags & 1:
             text = ranks.run_on_coordinator(
                 "live edit", lambda: ron.dumps(applied).encode()
@@ -296,7 +388,36 @@ class StateManager(Generic[C, S]):
                 for overrides in ron.loads(text, path="<live edits from rank 0>"):
                     apply_edit(self.config, overrides)
                 check_schedule_fields(self.config, self.state)
-        return bool(flags & 2)
+        return bool(flags & 2), stop
+
+    def _stop(self, signum: int) -> None:
+        """Commit the last step (if not saved yet), then raise :class:`Preempted`."""
+        name = _signal_name(signum)
+        if self.store is None:
+            self._event(logging.WARNING, "%s received: stopping (no checkpoint_dir)", name)
+            raise Preempted(signum)
+        number = self._number()
+        self._event(
+            logging.WARNING,
+            "%s received: committing checkpoint %s of the last step, then stopping",
+            name,
+            number,
+        )
+        self._save_if_advanced()
+        last = self._last_number
+        raise Preempted(signum, last, self.store.path(last) if last is not None else None)
+
+    def _save_if_advanced(self) -> None:
+        """Commit a checkpoint of the state unless it is saved already; wait for it."""
+        if self._advanced():
+            self.checkpoint()
+        self.wait()
+
+    def _advanced(self) -> bool:
+        # step() was called since the last checkpoint, and its number (the step count,
+        # or the checkpoint_key field) moved on: a number is never committed twice.
+        last = self._last_number if self._last_number is not None else self._start_number
+        return self.store is not None and self._stepped and self._number() != last
 
     def _due(self, due_by_time: bool) -> bool:
         every, seconds = self.policy.every_steps, self.policy.every_seconds
@@ -321,29 +442,69 @@ class StateManager(Generic[C, S]):
         """
         if self.store is None:
             raise HyperstateError("no checkpoint_dir was given, so there is nowhere to save")
-        self.wait()  # at most one save in flight; raises an earlier save's error
-        ranks = self.ranks
-        number = self._number()
-        if number in self._corrupt and ranks.is_coordinator:
-            moved = self.store.set_aside(number)
-            log.warning("checkpoint %s was corrupt: moved to %s to save anew", number, moved)
-            del self._corrupt[number]
-        save = CheckpointSave(ranks, self.store, number, staging=self._staging)
-        save.prepare(lambda: to_value(self.state))
-        self._last_checkpoint_time = time.monotonic()
-        texts = {CONFIG_FILE: (dumps(self.config) + "\n").encode()} if ranks.is_coordinator else {}
-        if self.async_save:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="hyperstate-save")
-            self._inflight = self._executor.submit(self._finish, save, texts)
-            if not save.overflow:
-                return None
-            return self.wait()  # past the staging budget: the originals are being read
-        return self._finish(save, texts)
+        with self._failures(), self._signals_wait():
+            self.wait()  # at most one save in flight; raises an earlier save's error
+            started = time.monotonic()
+            ranks = self.ranks
+            number = self._number()
+            if number in self._corrupt and ranks.is_coordinator:
+                moved = self.store.set_aside(number)
+                log.warning("checkpoint %s was corrupt: moved to %s to save anew", number, moved)
+                del self._corrupt[number]
+            save = CheckpointSave(
+                ranks, self.store, number, staging=self._staging, started=self._run_started
+            )
+            save.prepare(lambda: to_value(self.state))
+            self._last_checkpoint_time = time.monotonic()
+            self._stepped, self._last_number = False, number
+            texts = (
+                {CONFIG_FILE: (dumps(self.config) + "\n").encode()} if ranks.is_coordinator else {}
+            )
+            if self.async_save:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="hyperstate-save")
+                blocked = time.monotonic() - started
+                self._inflight = self._executor.submit(self._finish, save, texts, started, blocked)
+                if not save.overflow:
+                    return None
+                return self.wait()  # past the staging budget: the originals are being read
+            return self._finish(save, texts, started)
 
-    def _finish(self, save: CheckpointSave, texts: dict[str, bytes]) -> CheckpointInfo:
+    def _signals_wait(self) -> contextlib.AbstractContextManager[None]:
+        """While a save runs, handlers installed before this manager's wait for its end."""
+        return self._signals.deferring() if self._signals is not None else contextlib.nullcontext()
+
+    def _finish(
+        self,
+        save: CheckpointSave,
+        texts: dict[str, bytes],
+        started: float,
+        blocked: float | None = None,
+    ) -> CheckpointInfo:
         # Async saves talk over their own process group, from the background thread.
         info = save.finish(texts, background=self.async_save)
+        size = sum(entry.size for entry in info.manifest.files.values())
+        seconds = time.monotonic() - started
+        if blocked is None:
+            self._event(
+                logging.INFO,
+                "saved checkpoint %s (%s bytes) to %s in %.3f s",
+                info.number,
+                size,
+                info.path,
+                seconds,
+            )
+        else:
+            self._event(
+                logging.INFO,
+                "saved checkpoint %s (%s bytes) to %s in %.3f s, of which checkpoint() "
+                "blocked training for %.3f s",
+                info.number,
+                size,
+                info.path,
+                seconds,
+                blocked,
+            )
         if self.ranks.is_coordinator:
             if self.policy.best_field:
                 self._metrics[info.number] = field_metric(save.tree, self.policy.best_field)
@@ -351,13 +512,20 @@ class StateManager(Generic[C, S]):
             # This run writes here: uncommitted directories older than its newest commit
             # are saves that crashed (never another process's save in progress).
             assert self.store is not None
-            self.store.cleanup_uncommitted(keep_newer_than=info.number)
+            removed = self.store.cleanup_uncommitted(keep_newer_than=info.number)
+            if removed:
+                self._event(
+                    logging.INFO, "removed the leftovers of failed saves: %s", ", ".join(removed)
+                )
         return info
 
     def wait(self) -> CheckpointInfo | None:
         """Wait for the save in flight, if any; return it, or raise its error."""
         inflight, self._inflight = self._inflight, None
-        return inflight.result() if inflight is not None else None
+        if inflight is None:
+            return None
+        with self._failures(), self._signals_wait():
+            return inflight.result()
 
     def _raise_background_error(self) -> None:
         if self._inflight is not None and self._inflight.done():
@@ -387,15 +555,23 @@ class StateManager(Generic[C, S]):
             return
         best = self.policy.best_field
         if best is None:
-            self.store.retain(rules, ignore=self._corrupt)
-            return
+            pruned = self.store.retain(rules, ignore=self._corrupt)
+        else:
 
-        def metric(info: CheckpointInfo) -> float:
-            # Known for the checkpoints this run wrote; read only for older ones.
-            known = self._metrics.get(info.number)
-            return known if known is not None else read_metric(info, best)
+            def metric(info: CheckpointInfo) -> float:
+                # Known for the checkpoints this run wrote; read only for older ones.
+                known = self._metrics.get(info.number)
+                return known if known is not None else read_metric(info, best)
 
-        self.store.retain(rules, metric, ignore=self._corrupt)
+            pruned = self.store.retain(rules, metric, ignore=self._corrupt)
+        if pruned:
+            self._event(
+                logging.INFO,
+                "pruned checkpoint(s) %s of %s (%s)",
+                ", ".join(map(str, pruned)),
+                self.store.url,
+                rules,
+            )
 
     @classmethod
     def load(
@@ -435,17 +611,96 @@ class StateManager(Generic[C, S]):
             **kwargs,
         )
 
+    @classmethod
+    def from_args(
+        cls,
+        config_clz: type[C],
+        state_clz: type[S],
+        initial_state: Callable[[C], S],
+        argv: Sequence[str] | None = None,
+        *,
+        parser: argparse.ArgumentParser | None = None,
+        **kwargs: Any,
+    ) -> StateManager[C, S]:
+        """The entry point of a training script: the manager its command line asks for.
+
+        ``python train.py --config c.ron --checkpoint-dir runs/17 optimizer.lr=0.1``
+
+        Reads ``--config PATH`` (``path``), ``--checkpoint-dir URL``, ``path=value``
+        overrides, and the options of the script's own ``parser``, whose values become
+        :attr:`args`. ``--help`` lists the options and every config field with its type,
+        default (the file's value with ``--config``) and doc; ``--print-config`` prints the
+        config the run would start with, as RON, and exits. A bad argument, config or
+        override prints the usage and one line of error to stderr and exits with status
+        2, as ``argparse`` does. See :mod:`hyperstate.args`.
+
+        Args:
+            config_clz: the config dataclass.
+            state_clz: the state dataclass.
+            initial_state: builds a fresh state from the config.
+            argv: the arguments (default: ``sys.argv[1:]``).
+            parser: the script's own options, parsed alongside (the parser is not changed).
+            kwargs: the constructor's other arguments (``checkpoint_key``, ``policy``,
+                ``async_save``, ...); ``path``, ``checkpoint_dir`` and ``overrides`` given
+                here are defaults that the command line overrides (or adds to).
+        """
+        command = parse_command_line(
+            config_clz,
+            argv,
+            parser=parser,
+            resume=True,
+            path=kwargs.pop("path", None),
+            checkpoint_dir=kwargs.pop("checkpoint_dir", None),
+            overrides=kwargs.pop("overrides", None),
+        )
+        try:
+            manager = cls(
+                config_clz,
+                state_clz,
+                initial_state,
+                command.path,
+                command.checkpoint_dir,
+                overrides=command.overrides,
+                **kwargs,
+            )
+        except HyperstateError as e:
+            log.debug("the run could not start", exc_info=True)
+            command.fail(e)
+        manager.args = command.args
+        return manager
+
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Wait for a save in flight (raising its error) and stop the save thread."""
+        """End the run: commit a checkpoint of the last step when the state advanced
+        since the last checkpoint (``save_on_close``), wait for a save in flight (raising
+        its error), stop the save thread, and put back the signal handlers.
+
+        Under ``torchrun`` every rank calls it at the same point, as ``checkpoint()``.
+        Leaving the ``with`` block calls it, without the save after an exception.
+        """
+        self._close(save=self.save_on_close)
+
+    def _close(self, save: bool) -> None:
         try:
-            self.wait()
+            if save and self._failed is not None and self._stepped:
+                log.warning(
+                    "not committing a checkpoint of the last step at close(): an earlier "
+                    "call raised %s; a resume starts from the newest committed checkpoint",
+                    self._failed,
+                )
+            elif save:
+                self._save_if_advanced()
+            else:
+                self.wait()
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
             self.ranks.close()
+            if self._signals is not None:
+                self._signals.restore()
+                self._signals = None
 
     def __enter__(self) -> StateManager[C, S]:
         return self
@@ -456,8 +711,96 @@ class StateManager(Generic[C, S]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None or isinstance(exc, Preempted):  # Preempted: saved already
+            self._close(save=exc is None and self.save_on_close)
+            return
+        if self.save_on_close and self.store is not None and self._stepped:
+            log.warning(
+                "not committing a checkpoint of the last step on leaving the with block: "
+                "it raised %s: %s, so the state may be half-updated; a resume starts "
+                "from the newest committed checkpoint of %s",
+                type(exc).__name__,
+                exc,
+                self.store.url,
+            )
+        self._close(save=False)
 
 
 HyperState = StateManager
 """The name earlier releases used for :class:`StateManager`: the same class."""
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT handlers of an open manager.
+
+    A signal only records that the run should stop (``received``: the first signal's
+    number); the manager's next ``step()`` acts on it. A handler the script installed
+    before is called too, after that, unless it is a default (``SIG_DFL``,
+    ``default_int_handler``); during a save (:meth:`deferring`) the call waits for the
+    save's end, so that no handler interrupts it. A signal set to ``SIG_IGN`` stays
+    ignored. Nothing here logs: a signal handler must not take the logging lock.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._active = True
+        self._saving = 0
+        self._deferred: list[tuple[int, FrameType | None]] = []
+        self._previous: dict[int, Any] = {}
+        for signum in self.SIGNALS:
+            previous = signal.getsignal(signum)
+            # None: a handler not installed from Python, which could not be put back.
+            if previous is None or previous == signal.SIG_IGN:
+                continue
+            signal.signal(signum, self._handle)
+            self._previous[signum] = previous
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self._active:  # closed, yet reached through a handler installed after it
+            self._pass_on(signum, frame, closed=True)
+            return
+        self.received = self.received or signum
+        if self._saving:
+            self._deferred.append((signum, frame))
+        else:
+            self._pass_on(signum, frame)
+
+    def _pass_on(self, signum: int, frame: FrameType | None, closed: bool = False) -> None:
+        previous = self._previous.get(signum)
+        if callable(previous) and (closed or previous is not signal.default_int_handler):
+            previous(signum, frame)
+        elif closed and previous == signal.SIG_DFL:
+            # What the signal would have done had this manager never been opened.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Hold the calls of earlier handlers until the block (a save) ends."""
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
+            if not self._saving:
+                pending, self._deferred = self._deferred, []
+                for signum, frame in pending:
+                    self._pass_on(signum, frame)
+
+    def restore(self) -> None:
+        """Put back the handlers found at install (where this one is still installed)."""
+        self._active = False
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal.signal() works in the main thread only; inactive is enough
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, previous)

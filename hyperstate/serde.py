@@ -8,6 +8,11 @@ does little more than walk it once.
 ``from_value`` does not stop at the first bad value: it collects every problem (type
 mismatches, unknown fields, missing fields) as an :class:`~hyperstate.errors.Issue`
 with the path of the value, and raises them together in one ``ConfigError``.
+
+A config is read strictly: an unknown field is a typo until proven otherwise. A state
+(``state=True``) was written by the code as it was at its checkpoint: fields the class
+has gained since take their value from the state that ``initial_state`` built, and
+fields it has lost are left out; both are reported in :class:`DecodeResult`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from hyperstate.typeinfo import (
     AnyType,
     DictType,
     EnumType,
+    Field,
     ListType,
     LiteralType,
     OptionType,
@@ -43,7 +49,9 @@ from hyperstate.typeinfo import (
     TupleType,
     UnionType,
     VarTupleType,
+    describe_type,
     format_type,
+    holds_blobs,
     node_of_record,
     node_of_value,
     schema_of,
@@ -77,19 +85,35 @@ _INVALID: Any = _Invalid()
 
 
 class _Ctx:
-    __slots__ = ("ignore_extra_fields", "issues", "place", "schedule", "schedules")
+    __slots__ = (
+        "dropped",
+        "ignore_extra_fields",
+        "initial",
+        "issues",
+        "place",
+        "schedule",
+        "schedules",
+        "state",
+        "taken",
+    )
 
     def __init__(
         self,
         ignore_extra_fields: bool,
         schedule: ScheduleParser | None = None,
         place: Placer | None = None,
+        state: bool = False,
+        initial: Any = None,
     ) -> None:
         self.issues: list[Issue] = []
         self.ignore_extra_fields = ignore_extra_fields
         self.schedule = schedule
         self.place = place
         self.schedules: dict[ValuePath, Any] = {}
+        self.state = state
+        self.initial = initial
+        self.taken: list[ValuePath] = []  # fields the value lacks, taken from `initial`
+        self.dropped: list[ValuePath] = []  # fields of the value that the class lacks
 
     def fail(self, where: ValuePath, message: str, hint: str | None = None) -> Any:
         self.issues.append(Issue(where, message, hint=hint))
@@ -97,7 +121,7 @@ class _Ctx:
 
     def trial(self) -> _Ctx:
         """A fresh context with the same options, to try a decoding out."""
-        return _Ctx(self.ignore_extra_fields, self.schedule, self.place)
+        return _Ctx(self.ignore_extra_fields, self.schedule, self.place, self.state, self.initial)
 
 
 Decoder = Callable[[Any, ValuePath, _Ctx], Any]
@@ -166,13 +190,24 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
 class DecodeResult:
     """The outcome of :func:`from_value` when issues are collected instead of raised."""
 
-    __slots__ = ("issues", "schedules", "value")
+    __slots__ = ("dropped", "issues", "schedules", "taken", "value")
 
-    def __init__(self, value: Any, issues: list[Issue], schedules: dict[ValuePath, Any]) -> None:
+    def __init__(
+        self,
+        value: Any,
+        issues: list[Issue],
+        schedules: dict[ValuePath, Any],
+        taken: list[ValuePath] | None = None,
+        dropped: list[ValuePath] | None = None,
+    ) -> None:
         self.value = value
         self.issues = issues
         #: Schedules found in int/float fields, by value path (values hold their start value).
         self.schedules = schedules
+        #: A state's fields that the value lacks, taken from the initial state (paths).
+        self.taken = taken or []
+        #: A state's fields that the value has and its class does not, left out (paths).
+        self.dropped = dropped or []
 
 
 def from_value(
@@ -183,6 +218,8 @@ def from_value(
     collect: bool = False,
     schedules: ScheduleParser | None = None,
     place: Placer | None = None,
+    state: bool = False,
+    initial: Any = None,
 ) -> Any:
     """Build an instance of ``cls`` (any supported annotation) from a value tree.
 
@@ -191,16 +228,24 @@ def from_value(
     in :attr:`DecodeResult.schedules`. ``place`` attaches positions to the issues of
     ``Lazy`` fields decoded later, on first access.
 
+    With ``state=True`` the value is a saved state, which older code may have written:
+    a field that the value lacks takes the object at the same path in ``initial`` (the
+    state that ``initial_state`` built; its value wins over the field's default), and a
+    field that the class lacks is left out. Both are listed in :class:`DecodeResult`
+    (``taken``, ``dropped``). A missing field with nothing in ``initial`` and no default
+    is an issue, as for a config.
+
     Raises:
         ConfigError: every problem found, each with the path of the bad value.
             With ``collect=True`` a :class:`DecodeResult` is returned instead, so that
             the caller can attach file positions and override names to the issues.
     """
     node = cls if isinstance(cls, SchemaType) else schema_of(cls)
-    cx = _Ctx(ignore_extra_fields, schedules, place)
+    cx = _Ctx(ignore_extra_fields, schedules, place, state, initial if state else None)
     result = _decoder(node)(value, (), cx)
     if collect:
-        return DecodeResult(None if result is _INVALID else result, cx.issues, cx.schedules)
+        value = None if result is _INVALID else result
+        return DecodeResult(value, cx.issues, cx.schedules, cx.taken, cx.dropped)
     if cx.issues:
         raise ConfigError(cx.issues)
     return result
@@ -555,6 +600,9 @@ def _struct_decoder(node: StructType) -> Decoder:
                     continue
                 if cx.ignore_extra_fields:
                     continue
+                if cx.state:  # a field this code no longer has
+                    cx.dropped.append((*where, name))
+                    continue
                 cx.fail(
                     (*where, name),
                     f"unknown field '{name}' in {node.name}",
@@ -568,22 +616,15 @@ def _struct_decoder(node: StructType) -> Decoder:
             else:
                 kwargs[name] = val
         if len(kwargs) < len(decoders):
-            for f in state["required"]:
+            # A state takes every field it lacks from the initial state, defaults or not.
+            for f in node.fields if cx.initial is not None else state["required"]:
                 if f.name in items:
                     continue
-                if isinstance(f.type, StructType):
-                    # A nested dataclass can be built from its own defaults.
-                    val = _decoder(f.type)(Struct(None, {}), (*where, f.name), cx)
-                    if val is _INVALID:
-                        ok = False
-                    else:
-                        kwargs[f.name] = val
-                else:
+                val = _missing(node, f, (*where, f.name), cx)
+                if val is _INVALID:
                     ok = False
-                    cx.fail(
-                        (*where, f.name),
-                        f"missing required field '{f.name}' ({format_type(f.type)}) of {node.name}",
-                    )
+                elif val is not _NOTHING:
+                    kwargs[f.name] = val
         if not ok:
             return _INVALID
         try:
@@ -592,6 +633,64 @@ def _struct_decoder(node: StructType) -> Decoder:
             return cx.fail(where, f"{node.name}(...) rejected the values: {type(e).__name__}: {e}")
 
     return dec_struct
+
+
+class _Nothing:
+    """Found nowhere: a missing field whose dataclass default applies."""
+
+    __slots__ = ()
+
+
+_NOTHING: Any = _Nothing()
+
+
+def _missing(node: StructType, f: Field, where: ValuePath, cx: _Ctx) -> Any:
+    """The value of field ``f`` of ``node``, which the value tree lacks (at ``where``)."""
+    if cx.initial is not None:
+        found = _initial_at(cx.initial, where)
+        if found is not _NOTHING:
+            cx.taken.append(where)
+            return found
+    if f.has_default:
+        return _NOTHING
+    if isinstance(f.type, StructType):
+        # A nested dataclass can be built from its own defaults.
+        return _decoder(f.type)(Struct(None, {}), where, cx)
+    kind = describe_type(f.type) if holds_blobs(f.type) else format_type(f.type)
+    message = f"missing required field '{f.name}' ({kind}) of {node.name}"
+    hint = None
+    if cx.initial is not None:
+        message += "; the checkpoint has no value for it, and the initial state has none there"
+    elif cx.state or holds_blobs(f.type):
+        message += "; the checkpoint has no value for it (a field added since it was written?)"
+        hint = (
+            "pass initial_state= (a function of the config, or a state object) to load(): "
+            "fields a checkpoint lacks then take the value that initial_state builds"
+        )
+    return cx.fail(where, message, hint)
+
+
+def _initial_at(initial: Any, where: ValuePath) -> Any:
+    """The object at ``where`` in the initial state, or ``_NOTHING``."""
+    obj = initial
+    for seg in where:
+        if isinstance(seg, str) and _is_dataclass_type(type(obj)):
+            try:
+                obj = object.__getattribute__(obj, seg)  # never trigger a Lazy load
+            except AttributeError:
+                return _NOTHING
+        elif isinstance(obj, list | tuple) and type(seg) is int:
+            if not 0 <= seg < len(obj):
+                return _NOTHING
+            obj = obj[seg]
+        elif isinstance(obj, Mapping):
+            try:
+                obj = obj[seg]
+            except (KeyError, TypeError):
+                return _NOTHING
+        else:
+            return _NOTHING
+    return obj
 
 
 def _decode_any(v: Any, where: ValuePath, cx: _Ctx) -> Any:

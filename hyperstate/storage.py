@@ -31,11 +31,16 @@ import builtins
 import contextlib
 import datetime
 import errno
+import functools
 import logging
 import math
 import os
+import platform
 import posixpath
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -61,6 +66,7 @@ __all__ = [
     "Problem",
     "RetentionPolicy",
     "RetryPolicy",
+    "RunInfo",
     "StorageError",
     "blob_file",
     "blob_file_beside",
@@ -151,18 +157,214 @@ class FileEntry:
     checksum: str
 
 
+_UNKNOWN = "unknown"
+_GIT_TIMEOUT = 10.0  # seconds; `git status` of a huge checkout on a slow disk
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Who made a checkpoint: the ``run: Run(...)`` field of ``COMMITTED``.
+
+    Attributes:
+        hyperstate: the version of hyperstate that committed it.
+        torch: the version of torch in that process (``"unknown"`` if none is installed).
+        python: the version of Python.
+        world_size: how many ranks saved it together.
+        hosts: the distinct host names of those ranks, in rank order (rank 0's first).
+        argv: rank 0's command line, ``sys.argv``.
+        git_commit: the commit of the git checkout that the script runs in, or
+            ``"unknown"`` (not in a checkout, no ``git``, or ``git`` failed).
+        git_dirty: whether that checkout had uncommitted changes to tracked files; None
+            when unknown.
+        wall_seconds: seconds from the start of the run's manager to the commit; None when
+            no manager saved it (``hyperstate convert``).
+
+    Older checkpoints have no ``run`` field: their :attr:`Manifest.run` is None.
+    """
+
+    hyperstate: str
+    torch: str
+    python: str
+    world_size: int
+    hosts: tuple[str, ...]
+    argv: tuple[str, ...]
+    git_commit: str = _UNKNOWN
+    git_dirty: bool | None = None
+    wall_seconds: float | None = None
+
+    @classmethod
+    def of_this_process(
+        cls, *, world_size: int = 1, hosts: Sequence[str] = (), started: float | None = None
+    ) -> RunInfo:
+        """The facts of the running process; ``started`` is a ``time.monotonic()`` reading.
+
+        ``hosts`` defaults to this host; names that repeat (several ranks on a host) are
+        kept once. ``git`` runs once per process (with a timeout), on the first call.
+        """
+        names = list(dict.fromkeys(hosts or [socket.gethostname()]))
+        commit, dirty = _git_state()
+        return cls(
+            hyperstate=_hyperstate_version(),
+            torch=_torch_version(),
+            python=platform.python_version(),
+            world_size=world_size,
+            hosts=tuple(names),
+            argv=tuple(str(a) for a in getattr(sys, "argv", ())),
+            git_commit=commit,
+            git_dirty=dirty,
+            wall_seconds=None if started is None else round(time.monotonic() - started, 3),
+        )
+
+    def to_value(self) -> ron.Struct:
+        """The value tree written to ``COMMITTED``."""
+        fields: dict[str, Any] = {
+            "hyperstate": self.hyperstate,
+            "torch": self.torch,
+            "python": self.python,
+            "world_size": self.world_size,
+            "hosts": list(self.hosts),
+            "argv": list(self.argv),
+            "git_commit": self.git_commit,
+            "git_dirty": self.git_dirty,
+            "wall_seconds": self.wall_seconds,
+        }
+        return ron.Struct("Run", fields)
+
+    @classmethod
+    def from_value(cls, value: Any, where: str = "<string>") -> RunInfo:
+        """Read the ``run`` field of ``COMMITTED``; raises :class:`StorageError` when it is
+        malformed. Fields this version does not know are ignored; missing ones are unknown.
+        """
+
+        def bad(name: str, expected: str, found: Any) -> StorageError:
+            return StorageError(
+                "read manifest",
+                where,
+                f"run.{name}: expected {expected}, found {format_value(found)}",
+            )
+
+        if not isinstance(value, ron.Struct) or value.name not in (None, "Run"):
+            raise StorageError(
+                "read manifest", where, f"run: expected Run(...), found {format_value(value)}"
+            )
+        f = value.fields
+
+        def text(name: str) -> str:
+            v = f.get(name, _UNKNOWN)
+            if not isinstance(v, str):
+                raise bad(name, "a string", v)
+            return v
+
+        def texts(name: str) -> tuple[str, ...]:
+            v = f.get(name, [])
+            if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+                raise bad(name, "a list of strings", v)
+            return tuple(v)
+
+        world_size = f.get("world_size", 1)
+        if (
+            not isinstance(world_size, int)
+            or isinstance(world_size, bool)
+            or not 0 < world_size < _MAX_INT
+        ):
+            raise bad("world_size", "an int in [1, 2**63)", world_size)
+        dirty = f.get("git_dirty")
+        if type(dirty) is ron.Some:
+            dirty = dirty.value
+        if dirty is not None and not isinstance(dirty, bool):
+            raise bad("git_dirty", "true, false or None", dirty)
+        seconds = f.get("wall_seconds")
+        if type(seconds) is ron.Some:
+            seconds = seconds.value
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds < math.inf
+        ):
+            raise bad("wall_seconds", "a number of seconds or None", seconds)
+        return cls(
+            hyperstate=text("hyperstate"),
+            torch=text("torch"),
+            python=text("python"),
+            world_size=world_size,
+            hosts=texts("hosts"),
+            argv=texts("argv"),
+            git_commit=text("git_commit"),
+            git_dirty=dirty,
+            wall_seconds=None if seconds is None else float(seconds),
+        )
+
+
+def _hyperstate_version() -> str:
+    # The package's __version__ (what `hyperstate --version` says). The package is
+    # imported whenever this module is, but importing it here would be an import cycle.
+    version = getattr(sys.modules.get("hyperstate"), "__version__", None)
+    return version if isinstance(version, str) else _distribution_version("hyperstate")
+
+
+def _torch_version() -> str:
+    # Without importing torch: a state with no tensors never needs it.
+    torch = sys.modules.get("torch")
+    version = getattr(torch, "__version__", None)
+    return str(version) if version is not None else _distribution_version("torch")
+
+
+def _distribution_version(name: str) -> str:
+    from importlib import metadata  # only here: it is slow to import, and rarely needed
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return _UNKNOWN
+
+
+@functools.cache
+def _git_state() -> tuple[str, bool | None]:
+    """The commit and dirtiness of the git checkout the script runs in: one ``git status``
+    per process, ``("unknown", None)`` when that fails or takes too long."""
+    script = os.path.abspath(sys.argv[0]) if getattr(sys, "argv", None) else ""
+    directory = os.path.dirname(script) if os.path.isfile(script) else os.getcwd()
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=_GIT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            # Never take the index lock: a `git commit` in that checkout must not fail.
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
+        _log.debug("no git commit for the run metadata: %s", exc)
+        return _UNKNOWN, None
+    commit = None
+    dirty = False
+    for line in done.stdout.splitlines():
+        if line.startswith("# branch.oid "):
+            commit = line.split()[2]
+        elif line and not line.startswith("#"):
+            dirty = True
+    if done.returncode != 0 or commit is None or not re.fullmatch(r"[0-9a-f]{7,64}", commit):
+        return _UNKNOWN, None  # not a checkout, or one with no commit yet
+    return commit, dirty
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """The content of ``COMMITTED``: every file of the checkpoint, and when it was made.
+    """The content of ``COMMITTED``: every file of the checkpoint, when it was made, and
+    by what run.
 
     ``files`` maps paths relative to the checkpoint directory (``/``-separated) to their
-    :class:`FileEntry`.
+    :class:`FileEntry`; ``run`` is None in checkpoints written before run metadata.
     """
 
     number: int
     files: Mapping[str, FileEntry]
     created: str
     format: int = FORMAT_VERSION
+    run: RunInfo | None = None
 
     def dumps(self) -> str:
         """The RON text written to ``COMMITTED``."""
@@ -170,12 +372,14 @@ class Manifest:
             name: ron.Struct("File", {"size": e.size, "checksum": e.checksum})
             for name, e in sorted(self.files.items())
         }
-        fields = {
+        fields: dict[str, Any] = {
             "format": self.format,
             "number": self.number,
             "created": self.created,
-            "files": files,
         }
+        if self.run is not None:
+            fields["run"] = self.run.to_value()
+        fields["files"] = files
         return ron.dumps(ron.Struct("Committed", fields)) + "\n"
 
     @classmethod
@@ -220,7 +424,8 @@ class Manifest:
             if not isinstance(digest, str):
                 raise bad(f"{name}: expected File(size: <int>, checksum: <str>)")
             entries[name] = FileEntry(size, digest)
-        return cls(number=number, files=entries, created=created, format=fmt)
+        run = RunInfo.from_value(f["run"], where) if "run" in f else None
+        return cls(number=number, files=entries, created=created, format=fmt, run=run)
 
 
 @dataclass(frozen=True)
@@ -862,8 +1067,9 @@ class PendingCheckpoint:
             self._entries[relpath] = entry
         return entry
 
-    def commit(self) -> CheckpointInfo:
-        """Make the checkpoint visible: check and sync every file, then write ``COMMITTED``.
+    def commit(self, run: RunInfo | None = None) -> CheckpointInfo:
+        """Make the checkpoint visible: check and sync every file, then write ``COMMITTED``
+        (with ``run``, the metadata of the run that made it, if given).
 
         Raises :class:`StorageError` (and writes no ``COMMITTED``) when a recorded file is
         missing or has another size, or a file in the directory was not recorded.
@@ -894,7 +1100,7 @@ class PendingCheckpoint:
             for sub in sorted(dirs, key=len, reverse=True):
                 store._call("fsync", sub, _fsync_path, sub, True)
             store._call("fsync", store._root, _fsync_path, store._root, True)
-        manifest = Manifest(number=self.number, files=entries, created=_now())
+        manifest = Manifest(number=self.number, files=entries, created=_now(), run=run)
         marker = posixpath.join(d, COMMITTED)
         text = manifest.dumps().encode("utf-8")
         if store._local:

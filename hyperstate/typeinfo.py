@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import enum
 import pathlib
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -40,6 +41,8 @@ __all__ = [
     "TupleType",
     "UnionType",
     "VarTupleType",
+    "class_name",
+    "describe_type",
     "format_type",
     "holds_blobs",
     "node_of_record",
@@ -47,6 +50,7 @@ __all__ = [
     "register",
     "schema_of",
     "struct_schema",
+    "with_article",
 ]
 
 MISSING: Any = dataclasses.MISSING
@@ -242,6 +246,20 @@ class ExtensionType(SchemaType):
 
     def decoder(self) -> Callable[[Any, Any, Any], Any]:
         raise NotImplementedError
+
+    def type_name(self) -> str:
+        """How messages name this kind, like an annotation (``torch.Tensor``).
+
+        By default the node's class name less ``Type``, with the types it wraps:
+        ``PerRank[int]``. Never the node class itself: users never wrote that.
+        """
+        name = type(self).__name__.removesuffix("Type")
+        children = self.children()
+        return f"{name}[{', '.join(format_type(c) for c in children)}]" if children else name
+
+    def describe(self) -> str:
+        """A phrase naming a value of this kind in messages: ``a torch.Tensor``."""
+        return with_article(self.type_name())
 
 
 class Extension(Protocol):
@@ -511,7 +529,45 @@ def format_type(node: SchemaType) -> str:
         return f"Literal[{', '.join(_literal_repr(v) for v in node.values)}]"
     if isinstance(node, UnionType):
         return " | ".join(format_type(o) for o in node.options)
+    if isinstance(node, ExtensionType):
+        return node.type_name()
     return type(node).__name__
+
+
+def describe_type(node: SchemaType) -> str:
+    """A phrase naming a value of ``node`` in messages: ``an int``, ``a torch.Tensor``,
+    ``a torch.optim.Optimizer (restored in place)``."""
+    if isinstance(node, ExtensionType):
+        return node.describe()
+    if isinstance(node, OptionType):
+        return f"{describe_type(node.inner)} or None"
+    if isinstance(node, AnyType):
+        return "any value"
+    return with_article(format_type(node))
+
+
+def with_article(name: str) -> str:
+    """``name`` after ``a`` or ``an``: ``an int``, ``a list[int]``."""
+    vowel = name[:1].lower() in ("a", "e", "i", "o", "u")
+    return f"{'an' if vowel else 'a'} {name}"
+
+
+def class_name(cls: type) -> str:
+    """How messages name a class: torch's and numpy's by their public dotted path
+    (``torch.optim.Optimizer``, not ``torch.optim.optimizer.Optimizer``), the user's own
+    by their qualified name.
+
+    Only modules already imported are looked at: naming a class imports nothing.
+    """
+    module = getattr(cls, "__module__", None) or ""
+    if module.partition(".")[0] not in ("torch", "numpy"):
+        return cls.__qualname__
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):
+        package = ".".join(parts[:i])
+        if getattr(sys.modules.get(package), cls.__name__, None) is cls:
+            return f"{package}.{cls.__name__}"
+    return f"{module}.{cls.__qualname__}"
 
 
 def _literal_repr(value: Any) -> str:

@@ -513,6 +513,9 @@ def test_commands_on_a_memory_url(memory_run: str, capsys: pytest.CaptureFixture
 
 
 def test_set_still_requests_an_edit(tmp_path: Path) -> None:
+    pending = CheckpointStore(tmp_path).begin(1)  # `set` checks the edit against config.ron
+    pending.write_file("config.ron", hyperstate.dumps(Config()).encode())
+    pending.commit()
     result = hs("set", str(tmp_path), "lr=0.5")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("requested: ")

@@ -98,6 +98,7 @@ def test_a_schedule_can_be_replaced_by_a_number_and_back(tmp_path: Path) -> None
 
 def test_hyperstate_set_command(tmp_path: Path) -> None:
     hs = start(tmp_path)
+    advance(hs)  # a committed checkpoint, whose config.ron `set` checks the edit against
     result = subprocess.run(
         [HYPERSTATE, "set", str(tmp_path), "optimizer.momentum=0.5"],
         capture_output=True,

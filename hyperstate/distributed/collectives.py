@@ -150,17 +150,22 @@ class Ranks:
             ) from error
         return result[1:]
 
-    def flag(self, step: str, value: int) -> int:
-        """Rank 0's ``value`` (a small int), on every rank: one cheap collective."""
+    def maximum(self, step: str, values: Sequence[int]) -> list[int]:
+        """The largest of every rank's ``values`` (small ints, one by one), on every rank:
+        one cheap collective.
+
+        A value that only rank 0 sets (the others pass 0) reaches every rank; a value
+        that any rank may set (a signal number) is known to every rank.
+        """
         if not self.distributed:
-            return value
+            return list(values)
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.int64)
+        t = torch.tensor(list(values), dtype=torch.int64)
         group = self._group(False)
-        self._call(step, "", lambda: dist.broadcast(t, 0, group=group))
-        return int(t.item())
+        self._call(step, "", lambda: dist.all_reduce(t, dist.ReduceOp.MAX, group=group))
+        return [int(v) for v in t.tolist()]
 
     # -- transport --------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,8 +54,19 @@ def find(
     ranks: Ranks, store: CheckpointStore | None, path: str | None, skip: Collection[int] = ()
 ) -> Found:
     """Step ``find checkpoint``: the newest committed checkpoint of ``store`` that passes the
-    quick check (every file there, at its size), except those in ``skip``; else ``path``
-    (a checkpoint directory or a config file); as rank 0 sees it, on every rank."""
+    quick check (every file there, at its size), except those in ``skip``; else ``path``;
+    as rank 0 sees it, on every rank.
+
+    ``path`` may be a config file, a checkpoint directory, or a run directory (one that
+    holds checkpoints: its newest committed one that passes the quick check counts, as if
+    its directory were given). A checkpoint taken from ``path`` that is in ``skip`` (it
+    failed verification while it was decoded) is an error: the caller named it, so it is
+    not silently replaced by another.
+
+    Raises:
+        StorageError: ``path`` is none of these (nothing there, or a directory without a
+            committed checkpoint), or its checkpoint is in ``skip``.
+    """
 
     def choose() -> bytes:
         found: dict[str, Any] = {"skipped": {}}
@@ -63,24 +74,9 @@ def find(
         # in progress. The manager removes abandoned ones once it has committed.
         source, texts = None, None
         if store is not None:
-            for info in reversed(store.list()):
-                if info.number in skip:
-                    continue
-                problems = [str(p) for p in store.quick_check(info) if p.fatal]
-                if not problems:
-                    try:
-                        texts = _read_texts(info)
-                    except StorageError as e:
-                        problems.append(str(e))
-                if not problems:
-                    source = info
-                    break
-                reason = "; ".join(problems)
-                log.warning("skipping checkpoint %s: %s", info.path, reason)
-                found["skipped"][str(info.number)] = reason
+            source, texts = _newest(store, skip, found["skipped"])
         if source is None and path is not None:
-            source = checkpoint_at(path)
-            texts = _read_texts(source) if source is not None else None
+            source, texts = _at_path(path, skip)
         if source is not None and texts is not None:
             found |= {
                 "number": source.number,
@@ -90,7 +86,7 @@ def find(
                 "state": _fs.decode_text(texts[STATE_FILE], f"{source.path}/{STATE_FILE}"),
             }
         elif path is not None:
-            found |= {"name": path, "config": _fs.read_text(path)}
+            found |= {"name": path, "config": _read_config_file(path)}
         return json.dumps(found).encode()
 
     found = json.loads(ranks.run_on_coordinator("find checkpoint", choose))
@@ -102,6 +98,78 @@ def find(
     if "config" in found:
         return Found(None, found["config"], None, found["name"], skipped)
     return Found(skipped=skipped)
+
+
+_Texts = dict[str, bytes]
+
+
+def _newest(
+    store: CheckpointStore, skip: Collection[int], skipped: dict[str, str] | None
+) -> tuple[CheckpointInfo | None, _Texts | None]:
+    """The newest committed checkpoint of ``store`` not in ``skip`` that passes the quick
+    check, and its texts; those that fail it are logged (and put in ``skipped``)."""
+    for info in reversed(store.list()):
+        if info.number in skip:
+            continue
+        problems = [str(p) for p in store.quick_check(info) if p.fatal]
+        if not problems:
+            try:
+                return info, _read_texts(info)
+            except StorageError as e:
+                problems.append(str(e))
+        reason = "; ".join(problems)
+        log.warning("skipping checkpoint %s: %s", info.path, reason)
+        if skipped is not None:
+            skipped[str(info.number)] = reason
+    return None, None
+
+
+def _at_path(path: str, skip: Collection[int]) -> tuple[CheckpointInfo | None, _Texts | None]:
+    """The checkpoint that ``path`` names, as a checkpoint directory or a run directory;
+    (None, None) when ``path`` is neither (a config file, or nothing)."""
+    source = checkpoint_at(path)
+    texts: _Texts | None = None
+    if source is not None:
+        texts = _read_texts(source)
+    else:
+        fs, fs_path = _fs.url_to_fs(path)
+        if not fs.isdir(fs_path):
+            return None, None
+        # Checkpoints that fail the quick check are passed over here but not reported in
+        # ``Found.skipped``: those numbers are the caller's store's, not this run's.
+        run = CheckpointStore(path)
+        source, texts = _newest(run, (), None)
+        if source is None:
+            uncommitted = len(run.uncommitted())
+            raise StorageError(
+                "find checkpoint",
+                path,
+                "expected a config file, a checkpoint directory or a run directory with a "
+                "committed checkpoint, found a directory without one"
+                + (f" ({uncommitted} uncommitted)" if uncommitted else ""),
+            )
+    if source.number in skip:
+        why = skip.get(source.number) if isinstance(skip, Mapping) else None
+        raise StorageError(
+            "restore",
+            source.path,
+            "the checkpoint failed verification"
+            + (f": {why}" if why else "")
+            + "; give the directory of an earlier checkpoint as path",
+        )
+    return source, texts
+
+
+def _read_config_file(path: str) -> str:
+    try:
+        return _fs.read_text(path)
+    except FileNotFoundError:
+        raise StorageError(
+            "read config",
+            path,
+            "no such file or directory: expected a config file, a checkpoint directory "
+            "or a run directory",
+        ) from None
 
 
 def _read_texts(info: CheckpointInfo) -> dict[str, bytes]:

@@ -18,6 +18,7 @@ A failure at any step on any rank aborts the checkpoint directory on rank 0, so 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from hyperstate.storage import (
     CheckpointStore,
     Manifest,
     PendingCheckpoint,
+    RunInfo,
     blob_file,
 )
 from hyperstate.tensors.staging import Staging
@@ -43,6 +45,8 @@ class CheckpointSave:
 
     ``prepare`` runs in the training thread (it reads the live state); ``finish`` may run
     in a background thread (async saves: the tensors were staged by ``prepare``).
+    ``started`` (a ``time.monotonic()`` reading: when the run's manager started) goes into
+    the run metadata that ``COMMITTED`` records (:class:`~hyperstate.storage.RunInfo`).
     """
 
     def __init__(
@@ -52,11 +56,13 @@ class CheckpointSave:
         number: int,
         *,
         staging: Staging | None = None,
+        started: float | None = None,
     ) -> None:
         self.ranks = ranks
         self.store = store
         self.number = number
         self.staging = staging
+        self.started = started
         self.context = f"checkpoint {store.path(number)}"
         self.tree: Any = None  # the state's value tree (rank 0's, complete after finish)
         self._pending: PendingCheckpoint | None = None
@@ -110,6 +116,7 @@ class CheckpointSave:
             written: dict[str, Any] = {
                 "records": {} if ranks.is_coordinator else records,
                 "per_rank": plan.per_rank_values(),
+                "host": socket.gethostname(),  # for the run metadata, in the same message
             }
             if plan.file_size:
                 written["size"], written["checksum"] = plan.file_size, plan.file_checksum
@@ -129,7 +136,11 @@ class CheckpointSave:
                         blob_file(rank), size=result["size"], checksum=result["checksum"]
                     )
             pending.write_file(STATE_FILE, (ron.dumps(self.tree) + "\n").encode("utf-8"))
-            return pending.commit().manifest.dumps().encode()
+            hosts = [str(r["host"]) for r in results if "host" in r]
+            run = RunInfo.of_this_process(
+                world_size=ranks.world_size, hosts=hosts, started=self.started
+            )
+            return pending.commit(run).manifest.dumps().encode()
 
         try:
             context = self.context

@@ -1,4 +1,4 @@
-"""``Versioned``: configs that carry a version and upgrade old files on load."""
+"""``Versioned``: configs and states that carry a version and upgrade old files on load."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["Versioned"]
 
 
 class Versioned:
-    """Base class of config dataclasses that are versioned.
+    """Base class of config and state dataclasses that are versioned.
 
     A subclass implements :meth:`version` and, once the class has changed, returns from
     :meth:`upgrade_rules` the rules that take a config written at version ``N`` to
@@ -19,6 +19,10 @@ class Versioned:
     without one treats it as version 0 and applies every rule from the file's version up
     to the current one, in order, before the typed conversion. A file written by newer
     code than this is an error, never a silent downgrade.
+
+    A state class's rules upgrade the ``state.ron`` of old checkpoints the same way, on
+    resume: ``RenameField`` keeps the value (an optimizer's saved state, say) of a field
+    that was renamed (see "When the code changed" in docs/state.md).
 
     >>> from dataclasses import dataclass
     >>> from hyperstate.schema.rewrite_rule import RenameField

@@ -148,6 +148,9 @@ class TensorType(t.ExtensionType):
     kind: str
     blob_backed: ClassVar[bool] = True
 
+    def type_name(self) -> str:
+        return "torch.Tensor" if self.kind == "torch" else "numpy.ndarray"
+
     def encoder(self) -> Callable[[Any, Any, bool], Any]:
         return lambda obj, where, elide: _encode_array(obj, where, self.kind)
 
@@ -155,7 +158,10 @@ class TensorType(t.ExtensionType):
         def dec(v: Any, where: ValuePath, cx: Any) -> Any:
             if codec.is_record(v):
                 return _decode_array(v, where)
-            return cx.fail(where, f"expected a Tensor(...) reference, found {describe(v)}")
+            return cx.fail(
+                where,
+                f"expected a Tensor(...) reference (of {self.describe()}), found {describe(v)}",
+            )
 
         return dec
 
@@ -167,10 +173,14 @@ class SerializableType(t.ExtensionType):
     cls: type
     blob_backed: ClassVar[bool] = True
 
+    def type_name(self) -> str:
+        return t.class_name(self.cls)
+
     def encoder(self) -> Callable[[Any, Any, bool], Any]:
         def enc(obj: Any, where: ValuePath, elide: bool) -> Any:
             if not isinstance(obj, Serializable):
-                raise ConfigError([Issue(where, f"expected {self.cls.__name__}, found {obj!r}")])
+                found = t.with_article(t.class_name(type(obj)))
+                raise ConfigError([Issue(where, f"expected {self.describe()}, found {found}")])
             return Struct(type(obj).__name__, {"state": encode_plain(obj.serialize(), where)})
 
         return enc
@@ -179,7 +189,9 @@ class SerializableType(t.ExtensionType):
         def dec(v: Any, where: ValuePath, cx: Any) -> Any:
             if type(v) is not Struct or "state" not in v.fields:
                 return cx.fail(
-                    where, f"expected {self.cls.__name__}(state: ...), found {describe(v)}"
+                    where,
+                    f"expected {self.cls.__name__}(state: ...) (a Serializable), "
+                    f"found {describe(v)}",
                 )
             source = current_source()
             ctx = dict(source.ctx) if source is not None else {}
@@ -196,6 +208,12 @@ class StatefulType(t.ExtensionType):
     cls: type
     blob_backed: ClassVar[bool] = True
 
+    def type_name(self) -> str:
+        return t.class_name(self.cls)
+
+    def describe(self) -> str:
+        return f"{t.with_article(self.type_name())} (restored in place)"
+
     def encoder(self) -> Callable[[Any, Any, bool], Any]:
         def enc(obj: Any, where: ValuePath, elide: bool) -> Any:
             return Struct(type(obj).__name__, {"state": encode_plain(_state_dict(obj), where)})
@@ -206,14 +224,17 @@ class StatefulType(t.ExtensionType):
         def dec(v: Any, where: ValuePath, cx: Any) -> Any:
             if type(v) is not Struct or "state" not in v.fields:
                 return cx.fail(
-                    where, f"expected {self.cls.__name__}(state: ...), found {describe(v)}"
+                    where,
+                    f"expected the saved state of {self.describe()}, written "
+                    f"{self.cls.__name__}(state: ...), found {describe(v)}",
                 )
             target = initial_object(where)
             if target is None:
                 raise StateError(
-                    f"{format_path(where)} holds a {self.cls.__name__}, which is restored by "
-                    "loading its state into an existing object; pass initial_state= (a "
-                    "function of the config, or a state object) to load()"
+                    f"{format_path(where)} holds {self.describe()}: its saved state is "
+                    "loaded into the object that initial_state builds, and there is none; "
+                    "pass initial_state= (a function of the config, or a state object) "
+                    "to load()"
                 )
             _load_state_dict(target, decode_plain(v.fields["state"], where))
             return target
@@ -230,6 +251,9 @@ class BlobType(t.ExtensionType):
 
     def children(self) -> tuple[t.SchemaType, ...]:
         return (self.inner,)
+
+    def describe(self) -> str:
+        return f"{t.describe_type(self.inner)}, stored in a blob file (Blob[...])"
 
     def encoder(self) -> Callable[[Any, Any, bool], Any]:
         def enc(obj: Any, where: ValuePath, elide: bool) -> Any:
@@ -321,7 +345,7 @@ def _encode_array(obj: Any, where: ValuePath, kind: str) -> Any:
 
         if not isinstance(obj, torch.Tensor):
             raise ConfigError(
-                [Issue(where, f"expected a torch.Tensor, found {type(obj).__name__}")]
+                [Issue(where, f"expected a torch.Tensor, found {t.class_name(type(obj))}")]
             )
         if not obj.is_complex():
             # Scalars (optimizer steps, loss scales) stay readable and editable as text.
@@ -333,7 +357,7 @@ def _encode_array(obj: Any, where: ValuePath, kind: str) -> Any:
 
         if not isinstance(obj, np.ndarray):
             raise ConfigError(
-                [Issue(where, f"expected a numpy.ndarray, found {type(obj).__name__}")]
+                [Issue(where, f"expected a numpy.ndarray, found {t.class_name(type(obj))}")]
             )
     sink = current_sink()
     if sink is None:

@@ -2,23 +2,26 @@
 
 =================================  ===========================================================
 ``hyperstate ls RUN_DIR``          the checkpoints of a run, newest first, and which ones a
-                                   retention policy keeps
+                                   retention policy keeps (``--long``: the run that wrote each)
 ``hyperstate show CKPT [PATH]``    config and state as a tree; tensors as dtype, shape and size
-                                   (no tensor bytes are read)
+                                   (no tensor bytes are read); the run that wrote it
 ``hyperstate verify CKPT``         every file against ``COMMITTED`` (sizes and checksums)
-``hyperstate diff A B``            two configs, or two checkpoints' configs and state, field by
-                                   field
+``hyperstate diff A B``            two configs, or two checkpoints' configs and state, as typed
+                                   values
 ``hyperstate schedule TEXT``       a schedule's values, plotted in the terminal or to a PNG
 ``hyperstate convert SRC DST``     import a ``torch.save`` / safetensors / DCP checkpoint, or
-                                   export a checkpoint's tensors to a safetensors file
-``hyperstate set RUN_DIR p=v``     live edits of a running experiment (:mod:`hyperstate.edits`)
+                                   export a checkpoint to a safetensors or ``torch.save`` file
+``hyperstate set RUN_DIR p=v``     checked live edits of a running experiment
+                                   (:mod:`hyperstate.edits`)
+``hyperstate completion SHELL``    a completion script for bash, zsh or tcsh (by shtab)
 ``hyperstate schema ...``          schema evolution (:mod:`hyperstate.tools.schema_cli`)
 =================================  ===========================================================
 
-Every path may be an fsspec URL. Commands exit with 0 on success and print
-``hyperstate <command>: error: <reason>`` to stderr and exit with 1 on failure (2 for a
-bad command line). Colour is used only on a terminal (``--color``, ``NO_COLOR``).
-torch is imported only by the commands that read tensors.
+Every path may be an fsspec URL. Commands exit with 0 on success, with 1 when they found
+what they look for (``verify``: damage; ``diff --exit-code``: differences; ``set --wait``:
+a rejected edit), and on any error print one line, ``hyperstate <command>: error:
+<reason>``, to stderr and exit with 2. Colour is used only on a terminal (``--color``,
+``NO_COLOR``). torch is imported only by the commands that read tensors.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ from hyperstate.tools import schema_cli
 
 if TYPE_CHECKING:
     from hyperstate.schedule import Schedule
-    from hyperstate.storage import CheckpointInfo
+    from hyperstate.storage import CheckpointInfo, RunInfo
     from hyperstate.tensors.safetensors import BlobReader
 
 __all__ = ["main"]
 
 _PNG_HINT = "pip install 'hyperstate[plot]'"
+_DEFAULT_WAIT = 120.0  # seconds `set --wait` waits when not told
+_SHELLS = ("bash", "zsh", "tcsh")
 
 
 class _CommandError(Exception):
@@ -68,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.group == "schema":
         return _cmd_schema(args, schema)
+    if args.group == "completion":
+        args.parser = parser
     try:
         result: int = args.run(args)
         return result
@@ -90,6 +97,10 @@ def _error_text(command: str, error: BaseException, *, internal: bool = False) -
     purpose) names its type, so that it can be reported.
     """
     text = str(error).strip() or type(error).__name__
+    if isinstance(error, hyperstate.ConfigError) and len(error.issues) > 1:
+        head = f"{error.context}: " if error.context else ""
+        listed = "; ".join(f"({n}) {issue}" for n, issue in enumerate(error.issues, 1))
+        text = f"{head}{len(error.issues)} problems: {listed}"
     if isinstance(error, FileNotFoundError) and error.filename:
         text = f"{error.filename}: no such file or directory"
     if internal:
@@ -152,6 +163,13 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     ls.add_argument("--best-field", metavar="PATH", help="a numeric state field, e.g. eval.loss")
     ls.add_argument("--mode", choices=("min", "max"), default="min", help="best is min or max")
     ls.add_argument("--prefix", default="step", help="checkpoint directory prefix (step)")
+    ls.add_argument(
+        "-l",
+        "--long",
+        action="store_true",
+        help="also the run that wrote each checkpoint: command, ranks and hosts, git "
+        "commit, versions, wall time",
+    )
     ls.set_defaults(run=_cmd_ls)
 
     show = command(
@@ -206,6 +224,18 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     diff.add_argument(
         "--exit-code", action="store_true", help="exit with 1 when there are differences"
     )
+    diff.add_argument(
+        "--schema",
+        metavar="FILE",
+        help="the config's schema file (dump-schema): a field one side leaves out is "
+        "compared as its default",
+    )
+    diff.add_argument(
+        "--config-class",
+        metavar="MODULE:CLASS",
+        help="the config class (imported from the current directory), for the defaults, "
+        "like --schema",
+    )
     diff.set_defaults(run=_cmd_diff)
 
     schedule = command(
@@ -227,18 +257,21 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     convert = command(
         "convert",
-        "import torch.save / safetensors / DCP checkpoints, export to safetensors",
+        "import torch.save / safetensors / DCP checkpoints, export to safetensors or torch.save",
         "Import a torch.save file (loaded with weights_only=True), a safetensors file or a "
         "torch.distributed.checkpoint directory into a committed hyperstate checkpoint "
         "under the run directory DST; or, when SRC is a hyperstate checkpoint (or run "
-        "directory), export its tensors to the safetensors file DST.\n\n"
+        "directory), export it to DST: its tensors to a safetensors file (DST ending in "
+        ".safetensors), or its state as a nested dict to a torch.save file (.pt, .pth, "
+        ".bin, .ckpt) that torch.load(DST, weights_only=True) reads.\n\n"
         "An import writes state.ron as State(model: {...}) (--field names the field; "
         "--as-fields makes the top-level keys the fields; --stateful writes the dict as "
         "the state of a module or optimizer field).",
         "examples:\n  hyperstate convert model.pt runs/finetune\n"
         "  hyperstate convert model.safetensors runs/finetune --stateful --config config.ron\n"
         "  hyperstate convert dcp_checkpoint/ runs/imported --as-fields --step 1000\n"
-        "  hyperstate convert runs/exp1 model.safetensors --select model",
+        "  hyperstate convert runs/exp1 model.safetensors --select model\n"
+        "  hyperstate convert runs/exp1 model.pt --select model",
     )
     convert.add_argument("src", metavar="SRC")
     convert.add_argument("dst", metavar="DST")
@@ -273,13 +306,51 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "set",
         help="edit the hyperparameters of a running experiment",
         description="Ask the run that checkpoints to RUN_DIR to apply path=value overrides at "
-        "its next step(); the outcome is written next to the request (.applied / .rejected).",
+        "its next step(); the outcome is written next to the request (.applied / .rejected). "
+        "The edit is checked first against the config.ron of the run's newest committed "
+        "checkpoint: each path must name a field it has, each value must be of the kind the "
+        "field holds there (see docs/cli.md); a bad edit is an error and nothing is written.",
+        epilog="exit status: 0 requested (with --wait: applied), 1 rejected by the run (with "
+        "--wait), 2 an error or, with --wait, no answer in time.\n\nexamples:\n"
+        "  hyperstate set runs/exp1 optimizer.lr=1e-4\n"
+        "  hyperstate set runs/exp1 'lr=step: 1e-4@0 cos 0@1e5' batch_size=64 --wait 300",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     edit.add_argument(
         "run_dir", metavar="RUN_DIR", help="the run's checkpoint_dir (any fsspec URL)"
     )
     edit.add_argument("overrides", nargs="+", metavar="path=value")
+    edit.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=_DEFAULT_WAIT,
+        metavar="SECONDS",
+        help="wait until the run applied or rejected the edit, at most SECONDS "
+        f"({_DEFAULT_WAIT:g} when not given), and print the outcome",
+    )
+    edit.add_argument(
+        "--no-check",
+        action="store_true",
+        help="request the edit without checking it against config.ron (a union or Any "
+        "field that holds another kind now); the run checks it all the same",
+    )
     edit.set_defaults(run=_cmd_set)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or tcsh)",
+        description="Print a script that completes hyperstate's commands and options in "
+        "SHELL. Install it once, e.g. for bash: hyperstate completion bash > "
+        "~/.local/share/bash-completion/completions/hyperstate",
+        epilog="examples:\n  hyperstate completion bash > "
+        "~/.local/share/bash-completion/completions/hyperstate\n"
+        "  hyperstate completion zsh > ~/.zfunc/_hyperstate   # with fpath+=(~/.zfunc) in "
+        "~/.zshrc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    completion.add_argument("shell", choices=_SHELLS, metavar="SHELL", help="bash, zsh or tcsh")
+    completion.set_defaults(run=_cmd_completion)
 
     schema = commands.add_parser(
         "schema",
@@ -480,6 +551,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         }
         if metrics is not None:
             row["metric"] = _json_number(metrics[info.number])
+        if args.long:
+            run = info.manifest.run
+            row["run"] = _run_json(run) if run is not None else None
         rows.append(row)
     for url in store.uncommitted():
         number = int(url.rstrip("/").rpartition("-")[2])
@@ -490,6 +564,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             continue
         row = {"number": number, "path": url, "created": None, "size": size}
         row.update(committed=False, keep=None)
+        if args.long:
+            row["run"] = None
         rows.append(row)
     rows.sort(key=lambda r: (r["number"], r["committed"]), reverse=True)
     if args.json:
@@ -513,6 +589,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         status = "committed" if r["committed"] else "uncommitted"
         table.append((str(r["number"]), created, _size(r["size"]), status, keep))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    runs = {info.number: info.manifest.run for info in infos}
     for n, cols in enumerate(table):
         cells = [
             cell.ljust(w) if i != 2 else cell.rjust(w)
@@ -526,6 +603,13 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         elif cols[4] == "delete":
             line = paint(line, "type")
         print(line)
+        if args.long and n and cols[3] == "committed":
+            run = runs.get(rows[n - 1]["number"])
+            if run is None:
+                print("    (no run metadata: an older checkpoint)")
+                continue
+            for key, value in _run_lines(run):
+                print(f"    {paint(key, 'key')}: {value}")
     return 0
 
 
@@ -572,8 +656,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
             for line in _tree_lines(node, label, 0, paint):
                 print(line)
         return 0
+    run = target.info.manifest.run if target.info is not None else None
     if args.json:
-        _print_json({name: _json_tree(tree) for name, tree in trees.items()})
+        shown = {name: _json_tree(tree) for name, tree in trees.items()}
+        if run is not None:
+            shown["run"] = _run_json(run)
+        _print_json(shown)
         return 0
     paint = _Paint(args.color, sys.stdout)
     for n, (name, tree) in enumerate(trees.items()):
@@ -587,7 +675,61 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(paint(f"{name} ({target.files[name]}){summary}", "head"))
         for line in _tree_lines(tree, None, 0, paint):
             print(line)
+    if run is not None and target.info is not None:
+        from hyperstate.storage import COMMITTED
+
+        print()
+        print(paint(f"run ({_join(target.info.path, COMMITTED)})", "head"))
+        for key, value in _run_lines(run):
+            print(f"  {paint(key, 'key')}: {value}")
     return 0
+
+
+def _run_lines(run: RunInfo) -> list[tuple[str, str]]:
+    """The run metadata of a checkpoint as ``(label, text)`` lines."""
+    import shlex
+
+    ranks = f"{run.world_size} rank{'s' if run.world_size != 1 else ''}"
+    if run.hosts:
+        ranks += f" on {', '.join(run.hosts)}"
+    git = run.git_commit
+    if run.git_dirty:
+        git += " (dirty: uncommitted changes)"
+    lines = [
+        ("command", shlex.join(run.argv) if run.argv else "unknown"),
+        ("ranks", ranks),
+        ("git", git),
+        ("versions", f"hyperstate {run.hyperstate}, torch {run.torch}, Python {run.python}"),
+    ]
+    if run.wall_seconds is not None:
+        lines.append(("wall time", f"{_duration(run.wall_seconds)} since the run started"))
+    return lines
+
+
+def _run_json(run: RunInfo) -> dict[str, Any]:
+    return {
+        "hyperstate": run.hyperstate,
+        "torch": run.torch,
+        "python": run.python,
+        "world_size": run.world_size,
+        "hosts": list(run.hosts),
+        "argv": list(run.argv),
+        "git_commit": run.git_commit,
+        "git_dirty": run.git_dirty,
+        "wall_seconds": run.wall_seconds,
+    }
+
+
+def _duration(seconds: float) -> str:
+    """``3725.2`` -> ``1h 2m 5s``; under a minute with one decimal."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    return f"{minutes}m {secs}s"
 
 
 _INLINE_WIDTH = 80
@@ -798,11 +940,13 @@ class _Change:
     a: Any
     b: Any
     max_abs_diff: float | None = None
+    default: str | None = None  # "a" or "b": that side leaves the field out (its default)
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     a = _target(args.a, None, "step")
     b = _target(args.b, None, "step")
+    defaults = _diff_schema(args)
     if len(a.files) == 1 and len(b.files) == 1:
         pairs = [("", next(iter(a.files.values())), next(iter(b.files.values())))]
     else:
@@ -812,11 +956,15 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         pairs = [(n, a.files[n], b.files[n]) for n in shared]
     changes: list[_Change] = []
     for name, url_a, url_b in pairs:
-        _diff(_read_tree(a, url_a), _read_tree(b, url_b), [name] if name else [], changes)
+        # The schema describes the config: a config.ron, or a .ron file given as such.
+        typed = defaults is not None and name in ("", "config")
+        root = _Typed(defaults, _StructRef(defaults.root)) if typed and defaults else None
+        tree_a, tree_b = _read_tree(a, url_a), _read_tree(b, url_b)
+        _diff(tree_a, tree_b, [name] if name else [], changes, root)
     if args.values:
         readers: tuple[dict[str, BlobReader], dict[str, BlobReader]] = ({}, {})
         for c in changes:
-            if c.change == "changed":
+            if c.change == "changed" and c.default is None:
                 c.max_abs_diff = _max_abs_diff(c.a, c.b, a.directory, b.directory, readers)
     if args.json:
         out = []
@@ -828,6 +976,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
                 item["b"] = _json_tree(c.b)
             if c.max_abs_diff is not None:
                 item["max_abs_diff"] = _json_number(c.max_abs_diff)
+            if c.default is not None:
+                item["default"] = c.default
             out.append(item)
         _print_json({"a": a.label, "b": b.label, "differences": out})
     else:
@@ -838,7 +988,10 @@ def _cmd_diff(args: argparse.Namespace) -> int:
             elif c.change == "removed":
                 print(paint(f"- {c.path}: {_brief(c.a)}", "bad"))
             else:
-                print(paint(f"~ {c.path}: {_change_text(c.a, c.b)}", "warn"))
+                text = _change_text(c.a, c.b)
+                if c.default is not None:
+                    text += f" ({c.default.upper()} leaves it out: its default)"
+                print(paint(f"~ {c.path}: {text}", "warn"))
                 if c.max_abs_diff is not None:
                     print(f"    max abs diff {c.max_abs_diff:.6g}")
         if changes:
@@ -849,31 +1002,252 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return 1 if changes and args.exit_code else 0
 
 
-def _diff(a: Any, b: Any, path: list[Any], out: list[_Change]) -> None:
+def _diff_schema(args: argparse.Namespace) -> Any:
+    """The schema that ``--schema`` or ``--config-class`` gives, or None."""
+    if args.schema and args.config_class:
+        raise _CommandError("--schema and --config-class exclude each other")
+    if args.schema:
+        from hyperstate.schema.model import load_schema
+
+        return load_schema(args.schema)
+    if args.config_class:
+        from hyperstate.schema.model import schema_of_class
+
+        try:
+            return schema_of_class(_import_class(args.config_class))
+        except (AttributeError, TypeError) as e:
+            raise _CommandError(f"--config-class {args.config_class}: {e}") from None
+    return None
+
+
+@dataclass(frozen=True)
+class _StructRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class _Typed:
+    """What a schema says of a node being compared: its type, if known."""
+
+    schema: Any  # hyperstate.schema.model.Schema
+    type: Any  # a TypeDef of that schema, or a _StructRef to the root
+
+    def struct(self, node: Any) -> Any:
+        """The StructDef of ``node``, when the type (or the node's name) gives one."""
+        from hyperstate.schema import model
+        from hyperstate.tools.convert import type_name
+
+        typedef = self.type
+        while isinstance(typedef, model.OptionOf):
+            typedef = typedef.inner
+        if isinstance(typedef, model.UnionOf):
+            name = type_name(node)
+            typedef = next(
+                (o for o in typedef.options if isinstance(o, model.StructRef) and o.name == name),
+                None,
+            )
+        if isinstance(typedef, model.StructRef | _StructRef):
+            return self.schema.struct(typedef.name)
+        name = type_name(node)
+        return self.schema.struct(name) if name and typedef is None else None
+
+    def child(self, node: Any, seg: Any) -> _Typed | None:
+        """What the schema says of child ``seg`` of ``node``."""
+        from hyperstate.schema import model
+
+        struct = self.struct(node)
+        if struct is not None:
+            field = struct.field(seg) if isinstance(seg, str) else None
+            return _Typed(self.schema, field.type) if field is not None else None
+        typedef = self.type
+        while isinstance(typedef, model.OptionOf):
+            typedef = typedef.inner
+        if isinstance(typedef, model.ListOf | model.VarTupleOf):
+            return _Typed(self.schema, typedef.item)
+        if isinstance(typedef, model.TupleOf) and type(seg) is int and seg < len(typedef.items):
+            return _Typed(self.schema, typedef.items[seg])
+        if isinstance(typedef, model.DictOf):
+            return _Typed(self.schema, typedef.value)
+        return None
+
+    def default(self, node: Any, seg: Any) -> tuple[bool, Any]:
+        """``(True, value)`` when field ``seg`` of struct ``node`` has a known default."""
+        struct = self.struct(node)
+        field = struct.field(seg) if struct is not None and isinstance(seg, str) else None
+        if field is None or not field.has_default:
+            return False, None
+        return True, field.default
+
+
+def _diff(a: Any, b: Any, path: list[Any], out: list[_Change], typed: _Typed | None) -> None:
+    """Compare two value trees as typed values: ``Some(x)`` is ``x``, a tuple is a list,
+    an unnamed struct matches a named one; the differences go to ``out``."""
     from hyperstate.tools.convert import children, dotted_name, is_container, tensor_info, type_name
 
+    a, b = _opened(a), _opened(b)
     where = dotted_name(path)
     ta, tb = tensor_info(a), tensor_info(b)
     if ta is not None or tb is not None:
         if ta is None or tb is None or _tensor_key(ta, a) != _tensor_key(tb, b):
             out.append(_Change(where, "changed", a, b))
         return
-    if is_container(a) and is_container(b):
-        if type_name(a) != type_name(b) or _sequence(a) != _sequence(b):
+    if not (is_container(a) and is_container(b)):
+        if not _same_leaf(a, b):
             out.append(_Change(where, "changed", a, b))
-            return
-        kids_a, kids_b = dict(children(a)), dict(children(b))
-        for seg, child in kids_a.items():
-            if seg in kids_b:
-                _diff(child, kids_b[seg], [*path, seg], out)
-            else:
-                out.append(_Change(dotted_name([*path, seg]), "removed", child, None))
-        for seg, child in kids_b.items():
-            if seg not in kids_a:
-                out.append(_Change(dotted_name([*path, seg]), "added", None, child))
         return
-    if not _same_leaf(a, b):
+    if _sequence(a) and _sequence(b):
+        _diff_sequence(a, b, path, out, typed)
+        return
+    name_a, name_b = type_name(a), type_name(b)
+    if _sequence(a) != _sequence(b) or (name_a and name_b and name_a != name_b):
         out.append(_Change(where, "changed", a, b))
+        return
+    kids_a, kids_b = dict(children(a)), dict(children(b))
+    for seg, child in kids_a.items():
+        sub = typed.child(a, seg) if typed is not None else None
+        if seg in kids_b:
+            _diff(child, kids_b[seg], [*path, seg], out, sub)
+        else:
+            _diff_default(child, "b", a, seg, [*path, seg], out, typed)
+    for seg, child in kids_b.items():
+        if seg not in kids_a:
+            _diff_default(child, "a", b, seg, [*path, seg], out, typed)
+
+
+def _diff_default(
+    present: Any,
+    absent: str,
+    parent: Any,
+    seg: Any,
+    path: list[Any],
+    out: list[_Change],
+    typed: _Typed | None,
+) -> None:
+    """A field that side ``absent`` leaves out: equal to ``present`` when its default is
+    (known from the schema), else an added or removed field."""
+    from hyperstate.tools.convert import dotted_name
+
+    where = dotted_name(path)
+    known, default = typed.default(parent, seg) if typed is not None else (False, None)
+    if not known:
+        if absent == "a":
+            out.append(_Change(where, "added", None, present))
+        else:
+            out.append(_Change(where, "removed", present, None))
+        return
+    if _key(_plain_tree(present)) == _key(_plain_tree(default)):
+        return
+    a, b = (default, present) if absent == "a" else (present, default)
+    out.append(_Change(where, "changed", a, b, default=absent))
+
+
+def _diff_sequence(
+    a: Any, b: Any, path: list[Any], out: list[_Change], typed: _Typed | None
+) -> None:
+    """Two lists (or tuples): items that only one side has show as added or removed (at
+    B's index, or A's for a removed one), items in the same place are compared."""
+    import difflib
+
+    from hyperstate.tools.convert import children, dotted_name
+
+    items_a = [c for _, c in children(a)]
+    items_b = [c for _, c in children(b)]
+    opcodes: Sequence[tuple[str, int, int, int, int]]
+    if len(items_a) * len(items_b) > _MATCH_LIMIT:
+        # Too long to match items up: compare by index, and what one side has beyond.
+        common = min(len(items_a), len(items_b))
+        opcodes = [
+            ("replace", 0, common, 0, common),
+            ("delete", common, len(items_a), common, common),
+            ("insert", common, common, common, len(items_b)),
+        ]
+    else:
+        keys_a = [_key(x) for x in items_a]
+        keys_b = [_key(x) for x in items_b]
+        matcher = difflib.SequenceMatcher(None, keys_a, keys_b, autojunk=False)
+        opcodes = matcher.get_opcodes()
+    for tag, i1, i2, j1, j2 in opcodes:
+        if tag == "equal":
+            continue
+        paired = min(i2 - i1, j2 - j1)
+        for k in range(paired):
+            sub = typed.child(b, j1 + k) if typed is not None else None
+            _diff(items_a[i1 + k], items_b[j1 + k], [*path, j1 + k], out, sub)
+        for i in range(i1 + paired, i2):
+            out.append(_Change(dotted_name([*path, i]), "removed", items_a[i], None))
+        for j in range(j1 + paired, j2):
+            out.append(_Change(dotted_name([*path, j]), "added", None, items_b[j]))
+
+
+# Lists longer than this (items of A times items of B) are compared index by index.
+_MATCH_LIMIT = 4_000_000
+
+
+def _opened(node: Any) -> Any:
+    from hyperstate import ron
+
+    while type(node) is ron.Some:
+        node = node.value
+    return node
+
+
+def _key(node: Any) -> Any:
+    """A hashable key of a value tree: equal for values that compare equal here."""
+    from hyperstate import ron
+    from hyperstate.tools.convert import children, is_container, tensor_info, type_name
+
+    node = _opened(node)
+    info = tensor_info(node)
+    if info is not None:
+        return ("tensor", repr(_tensor_key(info, node)))
+    if is_container(node):
+        kind = "seq" if _sequence(node) else "map"
+        items = tuple((seg, _key(child)) for seg, child in children(node))
+        return (kind, type_name(node) if kind == "map" else None, items)
+    if type(node) is bool:
+        return ("bool", node)
+    if isinstance(node, float) and math.isnan(node):
+        return ("nan",)
+    if isinstance(node, int | float):
+        return ("number", node)
+    if type(node) is ron.Ident:
+        return ("ident", node.name)
+    try:
+        hash(node)
+    except TypeError:
+        return ("text", _leaf_text(node))
+    return ("value", type(node).__name__, node)
+
+
+def _plain_key(key: Any) -> Any:
+    from hyperstate import ron
+
+    key = _opened(key)
+    if type(key) is ron.Ident:
+        return key.name
+    if type(key) is tuple:
+        return tuple(_plain_key(k) for k in key)
+    return key
+
+
+def _plain_tree(node: Any) -> Any:
+    """A value tree as a schema's default is written: structs as maps without their
+    name, tuples as lists, variants by name."""
+    from hyperstate import ron
+
+    node = _opened(node)
+    kind = type(node)
+    if kind is ron.Struct:
+        return {k: _plain_tree(v) for k, v in node.fields.items()}
+    if kind is dict:
+        return {_plain_key(k): _plain_tree(v) for k, v in node.items()}
+    if kind in (list, tuple):
+        return [_plain_tree(v) for v in node]
+    if kind is ron.TupleStruct:
+        return [_plain_tree(v) for v in node.items]
+    if kind is ron.Ident:
+        return node.name
+    return node
 
 
 def _sequence(node: Any) -> bool:
@@ -927,6 +1301,9 @@ def _brief(node: Any) -> str:
             text += f" {info.checksum}"
         return text
     if is_container(node):
+        inline = _one_line(node, _INLINE_WIDTH)
+        if inline is not None:
+            return inline
         name = type_name(node)
         n = len(children(node))
         if name:
@@ -936,6 +1313,53 @@ def _brief(node: Any) -> str:
         return f"{{{n} entr{'ies' if n != 1 else 'y'}}}"
     text = _leaf_text(node)
     return text if len(text) <= _INLINE_WIDTH else text[: _INLINE_WIDTH - 3] + "..."
+
+
+def _one_line(node: Any, budget: int) -> str | None:
+    """``node`` as RON on one line when it holds no tensor and fits in ``budget``
+    characters (``Layer(width: 4)``), else None."""
+    from hyperstate import ron
+    from hyperstate.tools.convert import tensor_info
+
+    if budget <= 0 or tensor_info(node) is not None:
+        return None
+    kind = type(node)
+    if kind is ron.Some:
+        inner = _one_line(node.value, budget - 6)
+        return None if inner is None else f"Some({inner})"
+    if kind in (ron.Struct, dict, list, tuple, ron.TupleStruct):
+        if kind is ron.Struct:
+            pairs: list[tuple[Any, Any]] = list(node.fields.items())
+            opening, closing = f"{node.name or ''}(", ")"
+        elif kind is dict:
+            pairs = list(node.items())
+            opening, closing = "{", "}"
+        else:
+            pairs = [(None, v) for v in (node.items if kind is ron.TupleStruct else node)]
+            opening = f"{node.name}(" if kind is ron.TupleStruct else ("[" if kind is list else "(")
+            closing = "]" if kind is list else ")"
+        parts: list[str] = []
+        used = len(opening) + len(closing)
+        for key, value in pairs:
+            if key is None:
+                label = ""
+            elif kind is ron.Struct:
+                label = f"{key}: "
+            else:
+                shown = _one_line(key, budget - used)
+                if shown is None:
+                    return None
+                label = f"{shown}: "
+            text = _one_line(value, budget - used - len(label))
+            if text is None:
+                return None
+            parts.append(label + text)
+            used += len(label) + len(text) + 2
+            if used > budget + 2:
+                return None
+        return opening + ", ".join(parts) + closing
+    text = _leaf_text(node)
+    return text if "\n" not in text and len(text) <= budget else None
 
 
 def _max_abs_diff(
@@ -1078,14 +1502,15 @@ def _write_png(schedule: Schedule, start: float, end: float, path: str) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from hyperstate.tools.convert import detect_format, export_safetensors, import_checkpoint
+    from hyperstate.tools.convert import detect_format, export, export_format, import_checkpoint
 
     fmt = detect_format(args.src) if args.format == "auto" else args.format
     if fmt == "hyperstate":
+        export_format(args.dst)  # an ending that names no format fails before any reading
         target = _target(args.src, args.step, args.prefix)
         if "state" not in target.files:
             raise _CommandError(f"{target.label} has no state.ron")
-        names = export_safetensors(target.directory, args.dst, select=args.select)
+        names = export(target.directory, args.dst, select=args.select)
         n = len(names)
         print(f"wrote {n} tensor{'s' if n != 1 else ''} from {target.label} to {args.dst}")
         return 0
@@ -1111,9 +1536,69 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_set(args: argparse.Namespace) -> int:
-    from hyperstate.edits import request_edit
+    from hyperstate import _fs
+    from hyperstate.edits import check_edit, request_edit, wait_for_edit
 
-    print(f"requested: {request_edit(args.run_dir, args.overrides)}")
+    wait = args.wait
+    if wait is not None and not (math.isfinite(wait) and wait >= 0):
+        raise _CommandError(f"expected --wait SECONDS >= 0, found {wait:g}")
+    if args.no_check:
+        fs, fs_path = _fs.url_to_fs(args.run_dir)
+        if not fs.isdir(fs_path):
+            raise _CommandError(
+                f"{args.run_dir}: no such directory; expected the checkpoint_dir of a run"
+            )
+    else:
+        check_edit(args.run_dir, args.overrides)
+    request = request_edit(args.run_dir, args.overrides)
+    print(f"requested: {request}", flush=True)
+    if wait is None:
+        return 0
+    outcome = wait_for_edit(request, wait)
+    if outcome is None:
+        raise _CommandError(
+            f"no answer from the run within {_num(wait)} s; the request stays pending (the "
+            "run looks for edits at its step(), every edit_check_seconds): "
+            f"{request}"
+        )
+    if not outcome.applied:
+        print(f"rejected: {outcome.report}")
+        return 1
+    if not outcome.report:
+        print("applied: no field changed")
+    for line in outcome.report.splitlines():
+        print(f"applied: {line}")
+    return 0
+
+
+# Positional arguments completed as paths (every other one is completed as an option or a
+# choice): what `hyperstate completion` tells the shell.
+_PATH_ARGUMENTS = {
+    "run_dir": "dir",
+    "ckpt": "file",
+    "a": "file",
+    "b": "file",
+    "src": "file",
+    "dst": "file",
+    "png": "file",
+    "config": "file",
+    "schema": "file",
+}
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    kinds = {"file": shtab.FILE, "dir": shtab.DIRECTORY}
+    parsers = [args.parser]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.dest in _PATH_ARGUMENTS and parser is not args.parser:
+                action.complete = kinds[_PATH_ARGUMENTS[action.dest]]
+    sys.stdout.write(shtab.complete(args.parser, shell=args.shell))
     return 0
 
 

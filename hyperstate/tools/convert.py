@@ -8,7 +8,9 @@ file, then ``COMMITTED``) under a run directory, from
 * a ``torch.distributed.checkpoint`` (DCP) directory, read without running pickled code
   (see :func:`read_dcp`).
 
-Exporting writes every tensor of a checkpoint (or of one subtree) to one safetensors file.
+Exporting writes every tensor of a checkpoint (or of one subtree) to one safetensors file,
+or the state (or one subtree) as a nested dict to one ``torch.save`` file; the name of the
+file says which (:func:`export_format`).
 
 The module also holds the read-only view of a ``state.ron`` value tree that the
 ``hyperstate`` command shows and diffs: :func:`tensor_info` recognises a tensor reference
@@ -29,6 +31,7 @@ field path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import itertools
@@ -64,13 +67,17 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "EXPORT_FORMATS",
     "ConvertError",
     "Format",
     "Segment",
     "TensorInfo",
     "children",
     "detect_format",
+    "export",
+    "export_format",
     "export_safetensors",
+    "export_torch",
     "dotted_name",
     "format_size",
     "import_checkpoint",
@@ -92,6 +99,15 @@ Format = Literal["hyperstate", "dcp", "torch", "safetensors"]
 """The formats :func:`detect_format` tells apart."""
 
 Segment = str | int
+
+EXPORT_FORMATS: dict[str, Literal["safetensors", "torch"]] = {
+    ".safetensors": "safetensors",
+    ".pt": "torch",
+    ".pth": "torch",
+    ".bin": "torch",
+    ".ckpt": "torch",
+}
+"""The file name endings an export understands, and the format each one means."""
 """A step into a value tree: a struct field or string map key, or a list index or int key."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -1250,3 +1266,140 @@ def export_safetensors(
         writer.add(name, tensor)
     refs = writer.write()
     return [ref.key for ref in refs]
+
+
+def export_format(dst: str | os.PathLike[str]) -> Literal["safetensors", "torch"]:
+    """The format an export to ``dst`` writes, from the end of its name.
+
+    >>> export_format("model.safetensors"), export_format("model.pt")
+    ('safetensors', 'torch')
+
+    Raises:
+        ConvertError: an ending that names no format (the message lists them).
+    """
+    name = os.fspath(dst)
+    ending = os.path.splitext(name.rstrip("/"))[1].lower()
+    fmt = EXPORT_FORMATS.get(ending)
+    if fmt is None:
+        by_format: dict[str, list[str]] = {}
+        for known, f in EXPORT_FORMATS.items():
+            by_format.setdefault(f, []).append(known)
+        listed = "; ".join(
+            f"{', '.join(e)} ({'torch.save' if f == 'torch' else f})" for f, e in by_format.items()
+        )
+        found = f"'{ending}'" if ending else "no ending"
+        raise ConvertError(
+            f"{name}: expected a file name that says the format to write: {listed}; found {found}"
+        )
+    return fmt
+
+
+def export(
+    checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], *, select: str | None = None
+) -> list[str]:
+    """Export a checkpoint directory to ``dst`` in the format its name says
+    (:func:`export_format`): :func:`export_safetensors` or :func:`export_torch`."""
+    if export_format(dst) == "torch":
+        return export_torch(checkpoint, dst, select=select)
+    return export_safetensors(checkpoint, dst, select=select)
+
+
+def export_torch(
+    checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], *, select: str | None = None
+) -> list[str]:
+    """Write the state of a checkpoint directory to a ``torch.save`` file; return the
+    names of the tensors in it.
+
+    The file holds the state tree as plain Python: structs and maps as dicts, lists and
+    tuples as they are, numbers, strings, bools and None as they are, enum variants as
+    their names, tensors (and numpy arrays) as tensors on the CPU. A module's or an
+    optimizer's state is its state dict, so ``model.load_state_dict(torch.load(dst,
+    weights_only=True)["model"])`` works; with ``select`` (``"model"``) the file holds
+    that subtree only. Every tensor read is checked against its checksum; tensors that
+    shared memory (a view, a tied weight) are written as copies of their own.
+    ``torch.load(dst, weights_only=True)`` reads the file.
+    """
+    import torch
+
+    directory = os.fspath(checkpoint).rstrip("/")
+    state_path = f"{directory}/{STATE_FILE}"
+    tree = ron.loads(_fs.read_text(state_path, within=directory), path=state_path)
+    base: tuple[Segment, ...] = ()
+    if select:
+        tree = resolve(tree, select)
+        base = tuple(parse_path(select))
+    names: list[str] = []
+    readers: dict[str, BlobReader] = {}
+    value = _as_python(tree, base, directory, readers, names)
+    fs, fs_path = _fs.url_to_fs(os.fspath(dst))
+    parent = fs._parent(fs_path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        with fs.open(fs_path, "wb") as f:  # streamed: no second copy of the tensors in memory
+            torch.save(value, f)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.rm(fs_path)  # no half-written file that looks like an export
+        raise
+    return names
+
+
+def _as_python(
+    node: Any,
+    path: tuple[Segment, ...],
+    directory: str,
+    readers: dict[str, BlobReader],
+    names: list[str],
+) -> Any:
+    """A state tree as the plain Python (and tensors) that ``torch.save`` writes."""
+    if tensor_info(node) is not None:
+        tensor = read_tensor(directory, node, readers)
+        if (
+            tensor.storage_offset() != 0
+            or not tensor.is_contiguous()
+            or tensor.untyped_storage().nbytes() != tensor.nbytes
+        ):
+            tensor = tensor.clone()  # only its own bytes, not those of what it shares
+        names.append(dotted_name(path))
+        return tensor
+    kind = type(node)
+    if kind is Struct and node.name == "Blob" and set(node.fields) == {"ron"}:
+        data = read_tensor(directory, node.fields["ron"], readers)
+        where = f"{dotted_name(path)} (Blob)"
+        text = _fs.decode_text(data.numpy().tobytes(), where)
+        return _as_python(ron.loads(text, path=where), path, directory, readers, names)
+    if kind is Struct and _is_wrapper(node):
+        return _as_python(node.fields["state"], path, directory, readers, names)
+    if kind is Struct:
+        return {
+            k: _as_python(v, (*path, k), directory, readers, names) for k, v in node.fields.items()
+        }
+    if kind is dict:
+        return {
+            _as_key(k): _as_python(v, (*path, _segment(k)), directory, readers, names)
+            for k, v in node.items()
+        }
+    if kind is list:
+        return [_as_python(v, (*path, i), directory, readers, names) for i, v in enumerate(node)]
+    if kind is tuple or kind is TupleStruct:
+        items = node.items if kind is TupleStruct else node
+        return tuple(
+            _as_python(v, (*path, i), directory, readers, names) for i, v in enumerate(items)
+        )
+    if kind is Some:
+        return _as_python(node.value, path, directory, readers, names)
+    if kind is ron.Ident:
+        return node.name
+    return node
+
+
+def _as_key(key: Any) -> Any:
+    """A map key as Python: an enum variant by its name, a tuple of keys as a tuple."""
+    if type(key) is ron.Ident:
+        return key.name
+    if type(key) is tuple:
+        return tuple(_as_key(k) for k in key)
+    if type(key) is Some:
+        return _as_key(key.value)
+    return key

@@ -27,6 +27,7 @@ from hyperstate.errors import HyperstateError
 from hyperstate.schema.model import dump_schema, load_schema
 from hyperstate.schema.schema_change import Severity
 from hyperstate.schema.schema_checker import SchemaChecker
+from hyperstate.storage import CONFIG_FILE, CheckpointStore
 
 __all__ = ["add_commands", "run_command", "schema_evolution_cli"]
 
@@ -36,7 +37,8 @@ _COMMANDS = {
     "dump-schema": "write the schema file of the config class (commit it to version control)",
     "check-schema": "compare the config class with the schema file; propose upgrade rules",
     "upgrade-schema": "check, then rewrite the schema file once every incompatibility is handled",
-    "upgrade-config": "rewrite config files (or checkpoint directories) to the latest version",
+    "upgrade-config": "rewrite config files (or checkpoint or run directories) to the latest "
+    "version",
 }
 
 
@@ -67,7 +69,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == "upgrade-config":
             command.add_argument(
-                "files", nargs="+", metavar="FILE", help="config files or checkpoint dirs"
+                "files",
+                nargs="+",
+                metavar="FILE",
+                help="config files, checkpoint directories, or run directories (the "
+                "config.ron of every committed checkpoint)",
             )
             command.add_argument(
                 "--dry-run", action="store_true", help="show the changes, write nothing"
@@ -121,37 +127,64 @@ def _check(config_clz: type, schema_path: str, rewrite: bool, out: TextIO, color
 def _upgrade_configs(config_clz: type, files: Sequence[str], dry_run: bool, out: TextIO) -> int:
     failed = 0
     for given in files:
-        path = _config_file(given)
         try:
-            text = _fs.read_text(path)
-            upgraded = dumps(loads(config_clz, text, path=path)) + "\n"
-        except (HyperstateError, OSError, UnicodeDecodeError) as e:
+            paths = _config_files(given, out)
+        except (HyperstateError, OSError) as e:
             failed += 1
-            print(f"FAILED {path}: {e}", file=out)
-            print(f"       {path} was left unchanged", file=out)
+            print(f"FAILED {given}: {e}", file=out)
             continue
-        if upgraded == text:
-            print(f"up to date: {path}", file=out)
-        elif dry_run:
-            diff = difflib.unified_diff(
-                text.splitlines(keepends=True),
-                upgraded.splitlines(keepends=True),
-                fromfile=f"{path} (now)",
-                tofile=f"{path} (upgraded)",
-            )
-            out.writelines(diff)
-            print(f"would upgrade {path}", file=out)
-        else:
-            _fs.write_atomic(path, upgraded.encode("utf-8"))
-            print(f"upgraded {path}", file=out)
+        for path in paths:
+            failed += _upgrade_config(config_clz, path, dry_run, out)
     return 1 if failed else 0
 
 
-def _config_file(path: str) -> str:
-    fs, fs_path = _fs.url_to_fs(path)
-    if fs.isdir(fs_path):
-        return path.rstrip("/") + "/config.ron"
-    return path
+def _upgrade_config(config_clz: type, path: str, dry_run: bool, out: TextIO) -> int:
+    """Upgrade one config file; 1 when it failed (and was left as it was), else 0."""
+    try:
+        text = _fs.read_text(path)
+        upgraded = dumps(loads(config_clz, text, path=path)) + "\n"
+    except (HyperstateError, OSError, UnicodeDecodeError) as e:
+        print(f"FAILED {path}: {e}", file=out)
+        print(f"       {path} was left unchanged", file=out)
+        return 1
+    if upgraded == text:
+        print(f"up to date: {path}", file=out)
+    elif dry_run:
+        diff = difflib.unified_diff(
+            text.splitlines(keepends=True),
+            upgraded.splitlines(keepends=True),
+            fromfile=f"{path} (now)",
+            tofile=f"{path} (upgraded)",
+        )
+        out.writelines(diff)
+        print(f"would upgrade {path}", file=out)
+    else:
+        _fs.write_atomic(path, upgraded.encode("utf-8"))
+        print(f"upgraded {path}", file=out)
+    return 0
+
+
+def _config_files(given: str, out: TextIO) -> list[str]:
+    """The config files that ``given`` names: itself (a file), the ``config.ron`` of a
+    checkpoint directory, or that of every committed checkpoint of a run directory,
+    oldest first (resume reads the newest; the older ones are what a person goes back
+    to). A run's uncommitted directories are left alone: one may be a save in progress.
+    """
+    fs, fs_path = _fs.url_to_fs(given)
+    if not fs.isdir(fs_path):
+        return [given]
+    directory = given.rstrip("/") or given
+    config = f"{directory}/{CONFIG_FILE}"
+    if fs.isfile(f"{fs_path.rstrip('/')}/{CONFIG_FILE}"):
+        return [config]
+    run = CheckpointStore(directory)
+    checkpoints = run.list()
+    if not checkpoints:
+        return [config]  # not a run either: reported as a missing file
+    uncommitted = run.uncommitted()
+    if uncommitted:
+        print(f"skipped {len(uncommitted)} uncommitted checkpoint(s) in {directory}", file=out)
+    return [f"{info.path}/{CONFIG_FILE}" for info in checkpoints]
 
 
 def _use_color(out: TextIO) -> bool:
