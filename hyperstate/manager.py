@@ -44,7 +44,7 @@ from hyperstate.distributed.restore import Corrupt, Found, decode_everywhere, fi
 from hyperstate.distributed.save import CheckpointSave
 from hyperstate.edits import apply_edit, apply_edit_requests
 from hyperstate.errors import ConfigError, HyperstateError, Issue, Preempted
-from hyperstate.scheduled import check_schedule_fields, update_schedules
+from hyperstate.scheduled import ParamGroupBinding, check_schedule_fields, update_schedules
 from hyperstate.serde import to_value
 from hyperstate.storage import (
     CONFIG_FILE,
@@ -218,6 +218,7 @@ class StateManager(Generic[C, S]):
         self._log_events = log_every_rank or self.ranks.is_coordinator
         self._signals: _StopSignals | None = None
         self._stepped = False  # step() was called since the last checkpoint
+        self._bindings: list[ParamGroupBinding] = []  # see bind_param_groups
         self._failed: str | None = None  # an error step(), checkpoint() or wait() raised
         self._last_number: int | None = None  # of the newest checkpoint saved or resumed
         self._start_number: int | None = None  # a fresh run's first number: no save needed
@@ -317,6 +318,30 @@ class StateManager(Generic[C, S]):
 
     # -- the loop -------------------------------------------------------------------------
 
+    def bind_param_groups(self, field: str, optimizer: Any, key: str | None = None) -> None:
+        """Keep ``key`` of every param group of ``optimizer`` equal to the config's
+        ``field``: set it now, and again at every ``step()``, after the schedules and
+        live edits are applied.
+
+        This is how a scheduled learning rate reaches the optimizer::
+
+            # config: optimizer.lr = "step: 3e-4@0 cos 0.0@100000"
+            hs.bind_param_groups("optimizer.lr", hs.state.optimizer)
+
+        ``key`` defaults to the field's last name (``lr`` here); bind ``"optimizer.wd"``
+        with ``key="weight_decay"``. The optimizer is the object in the state, which a
+        resume restores in place, so one binding after the manager is built holds for
+        the whole run. Do not also drive the same key with a
+        ``torch.optim.lr_scheduler``: the last writer wins.
+
+        Raises:
+            ConfigError: ``field`` names no number of the config, or ``optimizer`` has
+                no ``param_groups``.
+        """
+        binding = ParamGroupBinding.of(self.config, field, optimizer, key)
+        binding.apply(self.config)
+        self._bindings.append(binding)
+
     def step(self) -> None:
         """Apply schedules to the config, then checkpoint if the policy says so.
 
@@ -330,6 +355,8 @@ class StateManager(Generic[C, S]):
             self._stepped = True
             due_by_time, stop = self._sync_step()
             update_schedules(self.config, self.state)
+            for binding in self._bindings:
+                binding.apply(self.config)
             if stop:
                 self._stop(stop)
             if self.store is not None and self._due(due_by_time):

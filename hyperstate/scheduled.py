@@ -28,7 +28,9 @@ Config(
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from hyperstate import schedule as _schedule
@@ -36,6 +38,7 @@ from hyperstate.errors import ConfigError, Issue, PathSegment, ValuePath, format
 from hyperstate.ron import Ident, Struct
 
 __all__ = [
+    "ParamGroupBinding",
     "check_schedule_fields",
     "parse",
     "schedules",
@@ -92,6 +95,67 @@ def update_schedules(config: Any, state: Any) -> dict[ValuePath, float | int]:
         _set(config, where, value)
         values[where] = value
     return values
+
+
+_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[[0-9]+\])*)")
+
+
+@dataclass(frozen=True)
+class ParamGroupBinding:
+    """Keeps ``key`` of every param group of ``optimizer`` equal to the number at ``where``
+    in the config (see :meth:`hyperstate.StateManager.bind_param_groups`).
+
+    ``optimizer`` is anything with ``param_groups`` (a list of dicts), as a
+    ``torch.optim.Optimizer`` has.
+    """
+
+    where: ValuePath
+    optimizer: Any
+    key: str
+
+    @classmethod
+    def of(
+        cls, config: Any, field: str, optimizer: Any, key: str | None = None
+    ) -> ParamGroupBinding:
+        """A binding of the dotted config ``field`` (``"optimizer.lr"``,
+        ``"groups[1].lr"``); ``key`` defaults to the field's last name.
+
+        Raises:
+            ConfigError: ``field`` names no number of ``config``, or ``optimizer`` has no
+                param groups.
+        """
+        where: list[PathSegment] = []
+        for part in field.split("."):
+            m = _SEGMENT.fullmatch(part)
+            if m is None:
+                issue = Issue(
+                    (), f"expected a dotted config field such as 'optimizer.lr', found {field!r}"
+                )
+                raise ConfigError([issue])
+            where.append(m[1])
+            where.extend(int(i) for i in re.findall(r"[0-9]+", m[2]))
+        path = tuple(where)
+        try:
+            value = _get(config, path)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            raise ConfigError([Issue(path, "expected a config field, found none")]) from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            found = type(value).__name__
+            raise ConfigError([Issue(path, f"expected a number to bind, found a {found}")])
+        groups = getattr(optimizer, "param_groups", None)
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            found = type(optimizer).__name__
+            raise ConfigError(
+                [Issue(path, f"expected an optimizer with param_groups to bind to, found {found}")]
+            )
+        name = key if key is not None else next(s for s in reversed(path) if isinstance(s, str))
+        return cls(path, optimizer, name)
+
+    def apply(self, config: Any) -> None:
+        """Set ``key`` of every param group to the config's value now."""
+        value = _get(config, self.where)
+        for group in self.optimizer.param_groups:
+            group[self.key] = value
 
 
 def check_schedule_fields(config: Any, state: Any) -> None:

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import hyperstate
+from hyperstate.edits import request_edit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,3 +54,82 @@ def test_the_version_follows_the_0_4_series() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(rf'^version = "{re.escape(hyperstate.__version__)}"$', pyproject, re.M)
     assert "## Upgrading from hyperstate 0.4" in (ROOT / "README.md").read_text()
+
+
+# -- a scheduled learning rate reaches the optimizer -------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    optimizer: Optimizer = dataclasses.field(default_factory=Optimizer)
+    wd: float = 0.5
+
+
+@dataclasses.dataclass
+class TrainState:
+    step: int
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+
+
+def train_state(config: TrainConfig) -> TrainState:
+    model = torch.nn.Linear(2, 2)
+    return TrainState(0, model, torch.optim.SGD(model.parameters(), lr=123.0))
+
+
+def lrs(hs: hyperstate.StateManager[TrainConfig, TrainState]) -> list[float]:
+    return [group["lr"] for group in hs.state.opt.param_groups]
+
+
+def test_bind_param_groups_follows_the_schedule_edits_and_resume(tmp_path: Path) -> None:
+    def start(*overrides: str) -> hyperstate.StateManager[TrainConfig, TrainState]:
+        return hyperstate.StateManager(
+            TrainConfig,
+            TrainState,
+            train_state,
+            None,
+            tmp_path,
+            "step",
+            list(overrides),
+            edit_check_seconds=0,
+        )
+
+    hs = start("optimizer.lr=step: 1.0@0 lin 0.0@10")
+    hs.bind_param_groups("optimizer.lr", hs.state.opt)
+    hs.bind_param_groups("wd", hs.state.opt, key="weight_decay")
+    assert lrs(hs) == [1.0] and hs.state.opt.param_groups[0]["weight_decay"] == 0.5
+    for _ in range(4):
+        hs.state.step += 1
+        hs.step()
+    assert lrs(hs) == [pytest.approx(0.6)]
+    request_edit(tmp_path, ["wd=0.25"])
+    hs.state.step += 1
+    hs.step()
+    assert hs.state.opt.param_groups[0]["weight_decay"] == 0.25
+    hs.close()  # saves step 5
+    # Resumed: the restored optimizer holds the saved lr; the binding keeps it following.
+    hs = start()
+    hs.bind_param_groups("optimizer.lr", hs.state.opt)
+    assert lrs(hs) == [pytest.approx(0.5)]
+    hs.state.step += 1
+    hs.step()
+    assert lrs(hs) == [pytest.approx(0.4)]
+    hs.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "target", "message"),
+    [
+        ("optimizer.lrr", "opt", "expected a config field, found none at optimizer.lrr"),
+        ("optimizer", "opt", "expected a number to bind, found a Optimizer at optimizer"),
+        ("optimizer..lr", "opt", "expected a dotted config field"),
+        ("wd", "model", "expected an optimizer with param_groups to bind to, found Linear"),
+    ],
+)
+def test_bind_param_groups_refuses_what_it_cannot_bind(
+    tmp_path: Path, field: str, target: str, message: str
+) -> None:
+    hs = hyperstate.StateManager(TrainConfig, TrainState, train_state, None, tmp_path, "step")
+    with pytest.raises(hyperstate.ConfigError, match=re.escape(message)):
+        hs.bind_param_groups(field, getattr(hs.state, target))
+    hs.close()
