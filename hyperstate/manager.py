@@ -26,17 +26,17 @@ import functools
 import logging
 import math
 import os
-import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
 from hyperstate import ron
+from hyperstate._signals import StopSignals, signal_name
 from hyperstate.args import parse_command_line
 from hyperstate.configs import dumps, load, load_text, loads
 from hyperstate.distributed.collectives import Ranks
@@ -216,7 +216,7 @@ class StateManager(Generic[C, S]):
         self.save_on_close = save_on_close
         self.handle_signals = handle_signals
         self._log_events = log_every_rank or self.ranks.is_coordinator
-        self._signals: _StopSignals | None = None
+        self._signals: StopSignals | None = None
         self._stepped = False  # step() was called since the last checkpoint
         self._bindings: list[ParamGroupBinding] = []  # see bind_param_groups
         self._failed: str | None = None  # an error step(), checkpoint() or wait() raised
@@ -269,7 +269,7 @@ class StateManager(Generic[C, S]):
         if self.store is not None and self.resumed_from is None:
             self._start_number = self._number()
         if handle_signals and threading.current_thread() is threading.main_thread():
-            self._signals = _StopSignals()
+            self._signals = StopSignals()
             # A manager dropped without close() gives the signals back when collected.
             weakref.finalize(self, self._signals.restore)
 
@@ -419,7 +419,7 @@ class StateManager(Generic[C, S]):
 
     def _stop(self, signum: int) -> None:
         """Commit the last step (if not saved yet), then raise :class:`Preempted`."""
-        name = _signal_name(signum)
+        name = signal_name(signum)
         if self.store is None:
             self._event(logging.WARNING, "%s received: stopping (no checkpoint_dir)", name)
             raise Preempted(signum)
@@ -755,79 +755,3 @@ class StateManager(Generic[C, S]):
 
 HyperState = StateManager
 """The name earlier releases used for :class:`StateManager`: the same class."""
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-class _StopSignals:
-    """SIGTERM and SIGINT handlers of an open manager.
-
-    A signal only records that the run should stop (``received``: the first signal's
-    number); the manager's next ``step()`` acts on it. A handler the script installed
-    before is called too, after that, unless it is a default (``SIG_DFL``,
-    ``default_int_handler``); during a save (:meth:`deferring`) the call waits for the
-    save's end, so that no handler interrupts it. A signal set to ``SIG_IGN`` stays
-    ignored. Nothing here logs: a signal handler must not take the logging lock.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.received = 0
-        self._active = True
-        self._saving = 0
-        self._deferred: list[tuple[int, FrameType | None]] = []
-        self._previous: dict[int, Any] = {}
-        for signum in self.SIGNALS:
-            previous = signal.getsignal(signum)
-            # None: a handler not installed from Python, which could not be put back.
-            if previous is None or previous == signal.SIG_IGN:
-                continue
-            signal.signal(signum, self._handle)
-            self._previous[signum] = previous
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if not self._active:  # closed, yet reached through a handler installed after it
-            self._pass_on(signum, frame, closed=True)
-            return
-        self.received = self.received or signum
-        if self._saving:
-            self._deferred.append((signum, frame))
-        else:
-            self._pass_on(signum, frame)
-
-    def _pass_on(self, signum: int, frame: FrameType | None, closed: bool = False) -> None:
-        previous = self._previous.get(signum)
-        if callable(previous) and (closed or previous is not signal.default_int_handler):
-            previous(signum, frame)
-        elif closed and previous == signal.SIG_DFL:
-            # What the signal would have done had this manager never been opened.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    @contextlib.contextmanager
-    def deferring(self) -> Iterator[None]:
-        """Hold the calls of earlier handlers until the block (a save) ends."""
-        self._saving += 1
-        try:
-            yield
-        finally:
-            self._saving -= 1
-            if not self._saving:
-                pending, self._deferred = self._deferred, []
-                for signum, frame in pending:
-                    self._pass_on(signum, frame)
-
-    def restore(self) -> None:
-        """Put back the handlers found at install (where this one is still installed)."""
-        self._active = False
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal.signal() works in the main thread only; inactive is enough
-        for signum, previous in self._previous.items():
-            if signal.getsignal(signum) == self._handle:
-                signal.signal(signum, previous)

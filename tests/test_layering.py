@@ -16,7 +16,7 @@ PACKAGE = Path(hyperstate.__file__).parent
 # from its own layer or a lower one. The package's own __init__ is its public face and
 # may import anything.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["hyperstate.errors", "hyperstate._fs"]),
+    ("base", ["hyperstate.errors", "hyperstate._fs", "hyperstate._signals"]),
     ("text", ["hyperstate.ron"]),
     ("types", ["hyperstate.typeinfo"]),
     ("serde", ["hyperstate.serde", "hyperstate.overrides"]),
