@@ -283,14 +283,22 @@ def _place(
     file: str,
     applied: dict[ValuePath, str],
 ) -> list[Issue]:
-    """Attach to each issue the override that set its value, or its place in the file."""
-    positions: dict[Any, tuple[int, int]] = {}
-    from_file = [i.path for i in issues if _override_of(i.path, applied) is None]
+    """Attach to each issue the override that set its value, or its place in the file:
+    the place of the value, or of its field name or key for an issue ``about_key``."""
+    values: dict[Any, tuple[int, int]] = {}
+    keys: dict[Any, tuple[int, int]] = {}
+    from_file = [i for i in issues if _override_of(i.path, applied) is None]
     if text is not None and from_file:
-        positions = ron.locate(text, from_file, path=file)
+        value_paths = [i.path for i in from_file if not i.about_key]
+        key_paths = [i.path for i in from_file if i.about_key]
+        if value_paths:
+            values = ron.locate(text, value_paths, path=file)
+        if key_paths:
+            keys = ron.locate(text, key_paths, path=file, at_key=True)
     placed = []
     for issue in issues:
         override = _override_of(issue.path, applied)
+        positions = keys if issue.about_key else values
         location = None
         if override is None and issue.path in positions:
             line, col = positions[issue.path]

@@ -186,9 +186,12 @@ class Issue:
     Attributes:
         path: where in the config the bad value is, as a tuple of segments.
         message: what was expected and what was found.
-        location: ``file:line:col`` of the value, when it came from a file.
+        location: ``file:line:col`` of the value, when it came from a file; of its field
+            name or map key when ``about_key`` is set.
         override: the command-line override that supplied the value, if any.
         hint: a suggestion shown after the place, e.g. ``did you mean 'lr'?``.
+        about_key: the problem is the field name or map key at ``path`` (an unknown
+            field, a key of the wrong type), not the value under it.
     """
 
     path: tuple[PathSegment, ...]
@@ -196,6 +199,7 @@ class Issue:
     location: str | None = None
     override: str | None = None
     hint: str | None = None
+    about_key: bool = False
 
     def __str__(self) -> str:
         text = f"{self.message} at {format_path(self.path)}" if self.path else self.message

@@ -17,6 +17,7 @@ fields it has lost are left out; both are reported in :class:`DecodeResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import pathlib
@@ -115,8 +116,10 @@ class _Ctx:
         self.taken: list[ValuePath] = []  # fields the value lacks, taken from `initial`
         self.dropped: list[ValuePath] = []  # fields of the value that the class lacks
 
-    def fail(self, where: ValuePath, message: str, hint: str | None = None) -> Any:
-        self.issues.append(Issue(where, message, hint=hint))
+    def fail(
+        self, where: ValuePath, message: str, hint: str | None = None, about_key: bool = False
+    ) -> Any:
+        self.issues.append(Issue(where, message, hint=hint, about_key=about_key))
         return _INVALID
 
     def trial(self) -> _Ctx:
@@ -329,7 +332,14 @@ def _make_decoder(node: SchemaType) -> Decoder:
             bad = False
             for k, x in v.items():
                 kp = (*where, k)
+                before = len(cx.issues)
                 key = key_dec(k, kp, cx)
+                if key is _INVALID:
+                    # The key is what is wrong: place the issue at the key, not its value.
+                    cx.issues[before:] = [
+                        dataclasses.replace(i, about_key=True) if i.path == kp else i
+                        for i in cx.issues[before:]
+                    ]
                 val = val_dec(x, kp, cx)
                 if key is _INVALID or val is _INVALID:
                     bad = True
@@ -607,6 +617,7 @@ def _struct_decoder(node: StructType) -> Decoder:
                     (*where, name),
                     f"unknown field '{name}' in {node.name}",
                     did_you_mean(name, decoders),
+                    about_key=True,
                 )
                 ok = False
                 continue

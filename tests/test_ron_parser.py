@@ -285,6 +285,53 @@ def test_locate_inside_empty_containers_and_unit() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        (("version",), (2, 5)),
+        (("optimizer",), (3, 5)),
+        (("optimizer", "lr"), (4, 9)),
+        (("tags", "a"), (8, 9)),
+        (("tags", (1, 2)), (9, 9)),
+        (("maybe", "x"), (11, 23)),  # through Some(..)
+        (("optimizer", "betas", 1), (5, 22)),  # a tuple item is its own key
+        (("list", 0, "width"), (13, 15)),
+    ],
+)
+def test_locate_at_key_finds_field_names_and_map_keys(
+    path: tuple[Any, ...], where: tuple[int, int]
+) -> None:
+    assert locate(CONFIG, [path], at_key=True) == {path: where}
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        ((), (1, 1)),  # the root has no key: its value
+        (("optimizer", "eps"), (3, 16)),  # the struct that lacks the field, as without at_key
+        (("tags", "zzz"), (7, 11)),
+    ],
+)
+def test_locate_at_key_falls_back_to_the_deepest_existing_value(
+    path: tuple[Any, ...], where: tuple[int, int]
+) -> None:
+    assert locate(CONFIG, [path], at_key=True) == {path: where}
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("Config(lr: 0.1, bach: 3)", (1, 17)),  # the regex fast path, mid-line
+        ("Config(lr: 0.1, /* c */ bach /* d */ : 3)", (1, 25)),  # the slow path, comments
+        ("Config(lr: 0.1, r#bach: 3)", (1, 17)),  # a raw identifier, at its `r#`
+        ("Config(lr: 0.1, /* c */ r#bach: 3)", (1, 25)),
+        ('{"lr": 0.1, /* c */ "bach": 3}', (1, 21)),
+    ],
+)
+def test_locate_at_key_on_one_line(text: str, where: tuple[int, int]) -> None:
+    assert locate(text, [("bach",)], at_key=True) == {("bach",): where}
+
+
 def test_locate_raises_parse_errors() -> None:
     with pytest.raises(ParseError) as info:
         locate("[1,", [(0,)], path="x.ron")

@@ -164,52 +164,71 @@ def loads(text: str, path: str = "<string>") -> Value:
 
 
 def locate(
-    text: str, paths: Iterable[tuple[Any, ...]], path: str = "<string>"
+    text: str,
+    paths: Iterable[tuple[Any, ...]],
+    path: str = "<string>",
+    *,
+    at_key: bool = False,
 ) -> dict[tuple[Any, ...], tuple[int, int]]:
     """Find where values start in RON text, as 1-based ``(line, col)``.
 
     Each path is a tuple of struct field names, list/tuple indexes and map keys;
     ``Some(..)`` is passed through. A path that leads nowhere gives the place of the
     deepest value that exists along it, so an error about a missing field can point at
-    the struct that lacks it. Meant for error reporting: it parses ``text`` again.
+    the struct that lacks it. With ``at_key``, a path that leads to a value gives the
+    place of its field name or map key instead (a list item is its own key), for errors
+    about the name itself, such as an unknown field. Meant for error reporting: it
+    parses ``text`` again.
 
     >>> locate('Config(\\n    lr: 0.1,\\n)', [("lr",), ("wd",)])
     {('lr',): (2, 9), ('wd',): (1, 1)}
+    >>> locate('Config(lr: 0.1, bach: 3)', [("bach",)], at_key=True)
+    {('bach',): (1, 17)}
     """
     spans: _Spans = {}
     try:
         root_pos, root = _document(text, spans)
     except _Failure as failure:
         raise _to_parse_error(text, path, failure) from None
-    return _find(text, root_pos, root, spans, paths)
+    return _find(text, root_pos, root, spans, paths, at_key)
 
 
 def _find(
-    text: str, root_pos: int, root: Value, spans: _Spans, paths: Iterable[tuple[Any, ...]]
+    text: str,
+    root_pos: int,
+    root: Value,
+    spans: _Spans,
+    paths: Iterable[tuple[Any, ...]],
+    at_key: bool,
 ) -> dict[tuple[Any, ...], tuple[int, int]]:
     found: dict[tuple[Any, ...], tuple[int, int]] = {}
     for value_path in paths:
         node, pos = root, root_pos
+        key_pos = pos
         for seg in value_path:
             while isinstance(node, Some):
                 node = node.value
             child = _child(node, seg, spans)
             if child is None:
                 break
-            node, pos = child
+            node, key_pos, pos = child
+        else:
+            if at_key and value_path:
+                pos = key_pos
         found[tuple(value_path)] = _line_col(text, pos)
     return found
 
 
-def _child(node: Value, seg: Any, spans: _Spans) -> tuple[Value, int] | None:
+def _child(node: Value, seg: Any, spans: _Spans) -> tuple[Value, int, int] | None:
+    """The child ``seg`` of ``node`` with where its key and its value start."""
     if isinstance(node, Struct):
         if isinstance(seg, str) and seg in node.fields:
-            return node.fields[seg], spans[id(node)][seg][1]
+            return node.fields[seg], *spans[id(node)][seg]
         return None
     if isinstance(node, dict):
         try:
             if seg in node:
-                return node[seg], spans[id(node)][seg][1]
+                return node[seg], *spans[id(node)][seg]
         except (TypeError, KeyError):
             pass
         return None
@@ -220,7 +239,8 @@ def _child(node: Value, seg: Any, spans: _Spans) -> tuple[Value, int] | None:
         and not isinstance(seg, bool)
         and 0 <= seg < len(items)
     ):
-        return items[seg], spans[id(node)][seg]
+        pos = spans[id(node)][seg]
+        return items[seg], pos, pos
     return None
 
 
@@ -570,7 +590,7 @@ def _struct(
             key = m[1] or m[2]
             pos = m.end()
             if key in fields or spots is not None:
-                key_pos = m.start(1) if m[1] is not None else m.start(2)
+                key_pos = m.start(1) if m[1] is not None else m.start(2) - 2  # at `r#`
                 if key in fields:
                     raise _duplicate(src, open_pos, name, key_pos, key, spots, depth)
                 if spots is not None:
