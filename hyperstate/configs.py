@@ -19,17 +19,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from hyperstate import _fs, ron, scheduled
 from hyperstate.distributed.dtensor import reshard
 from hyperstate.distributed.save import write_beside
 from hyperstate.errors import ConfigError, Issue, ValuePath, format_path
-from hyperstate.overrides import apply_overrides_collect
+from hyperstate.overrides import apply_overrides_collect, parse_override
 from hyperstate.ron import Struct
 from hyperstate.scheduled import set_schedules, with_schedule_text
-from hyperstate.schema.upgrade import upgrade
+from hyperstate.schema.upgrade import needs_upgrade_pass, upgrade
 from hyperstate.serde import from_value, to_value
 from hyperstate.storage import blob_file_beside
 from hyperstate.tensors.context import reading_blobs
@@ -177,7 +177,7 @@ def load_text(
     ``initial_state`` are laid out like it. ``file_checksums`` are those ``COMMITTED``
     records of the blob files (see :class:`~hyperstate.tensors.safetensors.BlobReader`).
     """
-    tree = ron.loads(text, path=url)
+    tree, deferred = _parse(cls, url, text, overrides)
     context = dict(ctx or {})
     initial = initial_state(context.get("config")) if callable(initial_state) else initial_state
     with reading_blobs(
@@ -202,6 +202,7 @@ def load_text(
             ignore_extra_fields,
             state=is_state,
             initial=initial if is_state else None,
+            prepare=_filler(deferred),
         )
 
 
@@ -215,6 +216,7 @@ def _build(
     *,
     state: bool = False,
     initial: Any = None,
+    prepare: Callable[[Any], None] | None = None,
 ) -> T:
     node = struct_schema(cls)
     # Only a file can be at an old version: a config built from the defaults is current.
@@ -241,6 +243,7 @@ def _build(
         place=lambda issues: _place(issues, text, file, applied),
         state=state,
         initial=initial,
+        prepare=prepare,
     )
     if result.issues or bad_overrides:
         raise ConfigError(bad_overrides + _place(result.issues, text, file, applied))
@@ -249,6 +252,52 @@ def _build(
     if result.schedules:
         set_schedules(value, result.schedules)
     return value
+
+
+def _parse(
+    cls: type[Any], url: str, text: str, overrides: Sequence[str] | None
+) -> tuple[Any, dict[str, ron.Deferred]]:
+    """The value tree of ``text``; for a ``Lazy`` state, its lazy fields still unparsed.
+
+    The text of a field that loads on access (tensors, ``Serializable`` values...) is
+    only skipped over here (a scan in C, much faster than parsing) and parsed when the
+    field is first read, so that opening a state with many tensors does not parse all
+    their references. Where the tree is rewritten before the typed load (an upgrade from
+    an older version, an override into the field), the whole text is parsed.
+    """
+    node = struct_schema(cls)
+    fields = set(node.lazy_fields)
+    if fields:
+        fields.difference_update(f.name for f in node.fields if needs_upgrade_pass(f.type))
+        for override in overrides or ():
+            try:
+                head = parse_override(override).path[0]
+            except ConfigError:
+                return ron.loads(text, path=url), {}  # reported by the typed load
+            fields.discard(head if isinstance(head, str) else "")
+    if not fields:
+        return ron.loads(text, path=url), {}
+    tree, deferred = ron.loads_deferred(text, fields, path=url)
+    if deferred and node.version is not None:
+        found = tree.fields.get("version", 0) if isinstance(tree, ron.Struct) else None
+        if found != node.version or type(found) is not int:
+            return ron.loads(text, path=url), {}  # the upgrade rules may rewrite anything
+    return tree, deferred
+
+
+def _filler(deferred: dict[str, ron.Deferred]) -> Callable[[Any], None] | None:
+    """What a ``Lazy`` field runs before its first decode: parse its skipped text into
+    the empty container that stands for it (errors keep their ``file:line:col``)."""
+    if not deferred:
+        return None
+    by_container = {id(d.value): d for d in deferred.values()}
+
+    def fill(raw: Any) -> None:
+        found = by_container.get(id(raw))
+        if found is not None:
+            found.fill()
+
+    return fill
 
 
 def _log_code_changes(

@@ -92,6 +92,7 @@ class _Ctx:
         "initial",
         "issues",
         "place",
+        "prepare",
         "schedule",
         "schedules",
         "state",
@@ -105,8 +106,10 @@ class _Ctx:
         place: Placer | None = None,
         state: bool = False,
         initial: Any = None,
+        prepare: Callable[[Any], None] | None = None,
     ) -> None:
         self.issues: list[Issue] = []
+        self.prepare = prepare
         self.ignore_extra_fields = ignore_extra_fields
         self.schedule = schedule
         self.place = place
@@ -124,7 +127,14 @@ class _Ctx:
 
     def trial(self) -> _Ctx:
         """A fresh context with the same options, to try a decoding out."""
-        return _Ctx(self.ignore_extra_fields, self.schedule, self.place, self.state, self.initial)
+        return _Ctx(
+            self.ignore_extra_fields,
+            self.schedule,
+            self.place,
+            self.state,
+            self.initial,
+            self.prepare,
+        )
 
 
 Decoder = Callable[[Any, ValuePath, _Ctx], Any]
@@ -223,6 +233,7 @@ def from_value(
     place: Placer | None = None,
     state: bool = False,
     initial: Any = None,
+    prepare: Callable[[Any], None] | None = None,
 ) -> Any:
     """Build an instance of ``cls`` (any supported annotation) from a value tree.
 
@@ -244,7 +255,7 @@ def from_value(
             the caller can attach file positions and override names to the issues.
     """
     node = cls if isinstance(cls, SchemaType) else schema_of(cls)
-    cx = _Ctx(ignore_extra_fields, schedules, place, state, initial if state else None)
+    cx = _Ctx(ignore_extra_fields, schedules, place, state, initial if state else None, prepare)
     result = _decoder(node)(value, (), cx)
     if collect:
         value = None if result is _INVALID else result
@@ -743,6 +754,8 @@ def _deferred(owner: StructType, dec: Decoder, raw: Any, where: ValuePath, cx: _
 
     def load() -> Any:
         inner = options.trial()
+        if inner.prepare is not None:
+            inner.prepare(raw)  # e.g. parse the text that ron.loads_deferred skipped
         value = dec(raw, where, inner)
         if inner.issues:
             issues = inner.place(inner.issues) if inner.place is not None else inner.issues

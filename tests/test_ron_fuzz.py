@@ -9,6 +9,7 @@ limit is asserted.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_ron_corpus import DATA, VALID, read
 
-from hyperstate.ron import ParseError, loads, locate
+from hyperstate.ron import ParseError, loads, loads_deferred, locate
 
 CORPUS = [read(path) for path in [*VALID, *sorted((DATA / "invalid").glob("*.ron"))]]
 # Characters that mean something to the parser, so random text reaches deep into it.
@@ -79,6 +80,28 @@ def test_locate_on_mutated_files(text: str) -> None:
 
 # Each input at scale n (the sizes are those at n = 4, so that 4n is the scale at which
 # each was first found slow).
+def deferred_then_filled(text: str) -> object:
+    """``loads_deferred`` of every field-like name in ``text``, each field then filled."""
+    names = set(re.findall(r"(?<!\w)(\w++)\s*+:", text))
+    tree, deferred = loads_deferred(text, names)
+    for d in deferred.values():
+        d.fill()
+    return tree
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated_corpus_file())
+def test_deferred_parse_agrees_with_the_parser(text: str) -> None:
+    # Valid text gives the same tree; invalid text fails, at the latest when filled.
+    try:
+        expected = loads(text)
+    except ParseError:
+        with pytest.raises(ParseError):
+            deferred_then_filled(text)
+    else:
+        assert repr(deferred_then_filled(text)) == repr(expected)  # repr: NaN != NaN
+
+
 PATHOLOGICAL: dict[str, Callable[[int], str]] = {
     "brackets": lambda n: "[" * (25_000 * n),
     "parens": lambda n: "(" * (1250 * n),
@@ -138,6 +161,25 @@ def test_pathological_input_parses_in_linear_time(name: str) -> None:
     assert len(large) >= 3 * len(small)
     t_small, t_large = parse_time(small), parse_time(large)
     # Linear is ~4x; quadratic 16x. The slack absorbs timer noise on the tiny ones.
+    assert t_large <= 10 * t_small + 0.02, (name, t_small, t_large)
+
+
+def deferred_time(text: str) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for opener in ("[", "{", "S(a: "):
+            with contextlib.suppress(ParseError):
+                deferred_then_filled("S(a: " + opener + text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+def test_pathological_deferred_field_in_linear_time(name: str) -> None:
+    # The scan that skips a deferred field is a regex too: it must not backtrack.
+    t_small = deferred_time(PATHOLOGICAL[name](1))
+    t_large = deferred_time(PATHOLOGICAL[name](4))
     assert t_large <= 10 * t_small + 0.02, (name, t_small, t_large)
 
 

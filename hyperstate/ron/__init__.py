@@ -18,12 +18,20 @@ Config(
 
 from hyperstate.errors import ParseError
 from hyperstate.ron._emitter import dumps
-from hyperstate.ron._parser import MAX_DEPTH, MAX_INT_DIGITS, loads, locate
+from hyperstate.ron._parser import (
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    Deferred,
+    loads,
+    loads_deferred,
+    locate,
+)
 from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
+    "Deferred",
     "Ident",
     "ParseError",
     "Some",
@@ -32,5 +40,6 @@ __all__ = [
     "Value",
     "dumps",
     "loads",
+    "loads_deferred",
     "locate",
 ]

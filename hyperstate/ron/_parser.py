@@ -15,14 +15,22 @@ record where its children start.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from math import inf, nan
 from typing import Any
 
 from hyperstate.errors import ParseError, format_int, format_value
 from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
 
-__all__ = ["EXTENSIONS", "MAX_DEPTH", "MAX_INT_DIGITS", "loads", "locate"]
+__all__ = [
+    "EXTENSIONS",
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "Deferred",
+    "loads",
+    "loads_deferred",
+    "locate",
+]
 
 MAX_DEPTH = 128
 """Deepest nesting of brackets that :func:`loads` accepts.
@@ -161,6 +169,90 @@ def loads(text: str, path: str = "<string>") -> Value:
         return _document(text, None)[1]
     except _Failure as failure:
         raise _to_parse_error(text, path, failure) from None
+
+
+def loads_deferred(
+    text: str, fields: Collection[str], path: str = "<string>"
+) -> tuple[Value, dict[str, Deferred]]:
+    """:func:`loads`, leaving the values of some top-level struct fields unparsed.
+
+    When the document is a struct, the value of each field named in ``fields`` that is
+    a list, a map, a struct, a tuple struct or a ``Some(..)`` is only skipped over (a
+    scan that follows brackets, strings and comments, much faster than parsing). The
+    tree holds an empty container of the right kind in its place, and the returned
+    dict maps the field to a :class:`Deferred` that fills that container in place when
+    asked. Other values, and documents that are not structs, are parsed as usual.
+
+    Syntax errors inside a deferred value are raised by :meth:`Deferred.fill`, with the
+    line and column in ``text``; unbalanced brackets are found by the scan already.
+
+    >>> tree, deferred = loads_deferred("S(a: 1, b: [1, 2])", ["b"])
+    >>> tree.fields["b"], list(deferred)
+    ([], ['b'])
+    >>> deferred["b"].fill()
+    >>> tree.fields["b"]
+    [1, 2]
+    """
+    deferrer = _Deferrer(text, frozenset(fields), path)
+    try:
+        value = _deferring_document(text, deferrer)
+    except _Failure as failure:
+        raise _to_parse_error(text, path, failure) from None
+    return value, deferrer.taken
+
+
+class Deferred:
+    """The unparsed text of one value left out by :func:`loads_deferred`.
+
+    Attributes:
+        value: the empty container that stands for the value in the tree.
+    """
+
+    __slots__ = ("_close", "_end", "_filled", "_open", "_path", "_src", "_start", "value")
+
+    def __init__(
+        self, src: str, path: str, start: int, end: int, value: Value, close: tuple[Any, ...]
+    ) -> None:
+        self._src = src
+        self._path = path
+        self._start = start
+        self._end = end
+        self._close = close  # (struct name, its '(' offset) for the "expected ','" error
+        self._filled = False
+        self.value = value
+
+    def fill(self) -> None:
+        """Parse the text into :attr:`value` (once; later calls do nothing).
+
+        Raises:
+            ParseError: the text is not a valid value, with line and column in the
+                whole document.
+        """
+        if self._filled:
+            return
+        src = self._src
+        try:
+            pos, parsed = _value(src, self._start, 1, None)
+            if pos != self._end:
+                name, open_pos = self._close
+                raise _unclosed(src, _skip(src, pos), "',' or", ")", _struct_what(name), open_pos)
+        except _Failure as failure:
+            raise _to_parse_error(src, self._path, failure) from None
+        hollow = self.value
+        kind = type(hollow)
+        if kind is not type(parsed):  # pragma: no cover - the scan decides as _value does
+            raise AssertionError(f"deferred {kind.__name__} parsed as {type(parsed).__name__}")
+        if kind is list:
+            hollow.extend(parsed)
+        elif kind is dict:
+            hollow.update(parsed)
+        elif kind is Struct:
+            hollow.fields.update(parsed.fields)
+        elif kind is TupleStruct:
+            hollow.items = parsed.items
+        else:
+            hollow.value = parsed.value
+        self._filled = True
 
 
 def locate(
@@ -365,6 +457,159 @@ def _punct(src: str, pos: int, char: str, what: str) -> int:
     if not src.startswith(char, pos):
         raise _expected(src, pos, what)
     return pos + 1
+
+
+# -- deferred values -----------------------------------------------------------------
+
+# The parts of a value that may hold brackets which do not count: strings, raw strings,
+# chars and comments, each taken whole. Runs of other characters go in one step.
+# Possessive quantifiers keep a failed match from backtracking.
+_ATOM = (
+    r"""[^"'/()\[\]{}br]++"""
+    r'|(?<!\w)b?r(?P<hashesN>#*+)"(?s:.*?)"(?P=hashesN)'
+    r'|"(?:[^"\\]++|\\.)*+"'
+    r"|'(?:[^'\\\n]|\\(?:u\{[0-9A-Fa-f]*\}|.))'"
+    r"|//[^\n]*+"
+    rf"|{_BLOCK}"
+    r"|/(?![/*])"
+    r"|[br]"
+)
+# Brackets nested this deep are followed by the regex; deeper values are parsed.
+_SCAN_DEPTH = 12
+
+
+def _balanced(levels: int) -> str:
+    """A regex for text whose brackets nest at most ``levels`` deep and are balanced."""
+    body = ""
+    for level in range(levels):
+        atom = _ATOM.replace("hashesN", f"hashes{level}")
+        body = f"(?:{atom}|[(\\[{{]{body}[)\\]}}])*+" if body else f"(?:{atom})*+"
+    return body
+
+
+# A whole bracketed value from its opening bracket: the brackets are only counted,
+# not paired by kind; the parse that fills the value checks the rest.
+_bracketed = re.compile(rf"[(\[{{]{_balanced(_SCAN_DEPTH)}[)\]}}]", re.DOTALL).match
+
+
+class _Deferrer:
+    """What :func:`loads_deferred` needs while it parses: the fields to leave out."""
+
+    __slots__ = ("fields", "path", "src", "taken")
+
+    def __init__(self, src: str, fields: frozenset[str], path: str) -> None:
+        self.src = src
+        self.fields = fields
+        self.path = path
+        self.taken: dict[str, Deferred] = {}
+
+    def take(
+        self, src: str, pos: int, key: str, name: str | None, open_pos: int
+    ) -> tuple[int, Value]:
+        """Skip the value of field ``key`` at ``pos``, or parse it if it cannot be deferred."""
+        hollow: Value = None
+        bracket = pos
+        char = src[pos : pos + 1]
+        if char == "[":
+            hollow = []
+        elif char == "{":
+            hollow = {}
+        elif char == "(":
+            if _field(src, pos + 1) is not None:
+                hollow = Struct(None, {})
+        else:
+            m = _ident(src, pos)
+            if m is not None and m[0] not in _CONSTANTS and m[0] not in _STRING_PREFIXES:
+                word = m[0]
+                bracket = _skip(src, m.end())
+                if not src.startswith("(", bracket):
+                    pass
+                elif word == "Some":
+                    hollow = Some(None)
+                elif _field(src, bracket + 1) is not None:
+                    hollow = Struct(word, {})
+                elif not src.startswith(")", _skip(src, bracket + 1)):
+                    inner = _skip(src, bracket + 1)
+                    if src[inner : inner + 1] in _VALUE_STARTS or _field_start(src, inner) is None:
+                        hollow = TupleStruct(word, ())
+        end = None if hollow is None else _laid_out_end(src, pos, bracket)
+        if end is None and hollow is not None:
+            scanned = _bracketed(src, bracket)
+            end = None if scanned is None else scanned.end()
+        if end is None:  # a scalar, a tuple, or too deep or unusual for the scan
+            return _value(src, pos, 1, None)
+        self.taken[key] = Deferred(src, self.path, pos, end, hollow, (name, open_pos))
+        return end, hollow
+
+
+# Bytes that tell where a value ends, once escapes, chars and raw-string hashes are
+# ruled out: quotes, brackets, and the characters that start comments.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"()[]{}/*')
+_CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
+_spaces: Callable[[str, int], re.Match[str]] = re.compile(" *").match  # type: ignore[assignment]
+
+
+def _laid_out_end(src: str, pos: int, bracket: int) -> int | None:
+    """Where the bracketed value at ``bracket`` ends, if the text is laid out as written.
+
+    The emitter closes a multi-line value on a line of its own, indented like the line
+    the value starts on: that line is found with string searches, and the text up to it
+    is checked to be one balanced group. Without escapes, chars, raw-string hashes and
+    comments, quotes pair up in order, so bytes-level filters do that check in C.
+    None when the guess fails or the check cannot tell; the caller scans instead.
+    """
+    line = src.rfind("\n", 0, pos) + 1
+    close = _CLOSER_OF[src[bracket]]
+    closer = "\n" + _spaces(src, line)[0] + close
+    found = bracket
+    for _ in range(64):  # the closing character is rare in big values: memchr finds it
+        found = src.find(close, found + 1)
+        if found < 0:
+            return None
+        if src.startswith(closer, found + 1 - len(closer)):
+            break
+    else:
+        found = src.find(closer, found) + len(closer) - 1
+        if found < len(closer) - 1:
+            return None
+    end = found + 1
+    text = src[bracket:end]
+    if "\\" in text or "'" in text or "#" in text:
+        return None
+    skeleton = text.encode("utf-8", "surrogatepass").translate(None, _NOT_STRUCTURE)
+    if b"//" in skeleton or b"/*" in skeleton:
+        return None  # maybe a comment (or a string with "//" in it)
+    skeleton = skeleton.replace(b"/", b"").replace(b"*", b"").replace(b'""', b"")
+    if b'"' in skeleton:
+        return None  # a string holds a bracket
+    inner = skeleton[1:-1]
+    while inner:
+        shorter = inner.replace(b"()", b"").replace(b"[]", b"").replace(b"{}", b"")
+        if len(shorter) == len(inner):
+            return None
+        inner = shorter
+    return end
+
+
+def _deferring_document(src: str, deferrer: _Deferrer) -> Value:
+    """:func:`_document` for :func:`loads_deferred`: the top-level struct defers fields."""
+    pos = _skip(src, 1 if src.startswith("\ufeff") else 0)
+    if src.startswith("#", pos):
+        pos = _extensions(src, pos)
+    name: str | None = None
+    bracket = pos
+    m = _ident(src, pos)
+    if m is not None:
+        name = m[0]
+        bracket = _skip(src, m.end())
+    first = _field(src, bracket + 1) if src.startswith("(", bracket) else None
+    if first is None or name in _CONSTANTS or name in _STRING_PREFIXES or name == "Some":
+        return _document(src, None)[1]
+    pos, value = _struct(src, bracket, name, first, 1, None, deferrer)
+    pos = _skip(src, pos)
+    if pos < len(src):
+        raise _expected(src, pos, "end of input after the value")
+    return value
 
 
 def _value(src: str, pos: int, depth: int, spans: _Spans | None) -> tuple[int, Value]:
@@ -577,10 +822,12 @@ def _struct(
     m: re.Match[str] | None,
     depth: int,
     spans: _Spans | None,
+    defer: _Deferrer | None = None,
 ) -> tuple[int, Value]:
     """Named fields up to ``)``; ``m`` is the ``_field`` match of the first one, if any.
 
-    ``depth`` is the depth of the field values.
+    ``depth`` is the depth of the field values. ``defer`` (top level only) leaves the
+    values of some fields unparsed (see :func:`loads_deferred`).
     """
     fields: dict[str, Value] = {}
     spots: dict[str, tuple[int, int]] | None = None if spans is None else {}
@@ -611,7 +858,9 @@ def _struct(
         # The scalars of _value inlined: most field values are numbers or strings.
         char = src[pos : pos + 1]
         num = _decimal(src, pos) if char in _NUMBER_START else None
-        if num is not None and (num.lastindex or num.end() - pos <= _SAFE_DIGITS):
+        if defer is not None and key in defer.fields:
+            pos, fields[key] = defer.take(src, pos, key, name, open_pos)
+        elif num is not None and (num.lastindex or num.end() - pos <= _SAFE_DIGITS):
             fields[key] = float(num[0]) if num.lastindex else int(num[0])
             pos = num.end()
         elif (
