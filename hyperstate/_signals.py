@@ -67,8 +67,10 @@ class StopSignals:
         previous = self._previous.get(signum)
         if callable(previous) and (closed or previous is not signal.default_int_handler):
             previous(signum, frame)
-        elif closed and previous == signal.SIG_DFL:
-            # What the signal would have done had this manager never been opened.
+        elif closed and previous == signal.SIG_DFL and signal.getsignal(signum) == self._handle:
+            # What the signal would have done had this manager never been opened. Only
+            # when this handler is the one installed: reached through a later manager's
+            # chain, the signal is that manager's to act on.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
@@ -92,4 +94,17 @@ class StopSignals:
             return  # signal.signal() works in the main thread only; inactive is enough
         for signum, previous in self._previous.items():
             if signal.getsignal(signum) == self._handle:
-                signal.signal(signum, previous)
+                signal.signal(signum, _live(previous, signum))
+
+
+def _live(handler: Any, signum: int) -> Any:
+    """``handler``, or, when it is the handler of a closed :class:`StopSignals` (managers
+    closed out of order), the first handler before it that is not."""
+    seen = 0
+    while seen < 64:  # a chain of managers, never a cycle; bounded all the same
+        owner = getattr(handler, "__self__", None)
+        if not isinstance(owner, StopSignals) or owner._active:
+            return handler
+        handler = owner._previous.get(signum, signal.SIG_DFL)
+        seen += 1
+    return handler

@@ -22,7 +22,8 @@ from hyperstate import ron
 from hyperstate.configs import dumps, load, loads
 from hyperstate.distributed.collectives import Ranks
 from hyperstate.distributed.restore import find
-from hyperstate.errors import ConfigError, HyperstateError
+from hyperstate.errors import ConfigError, HyperstateError, format_path
+from hyperstate.scheduled import schedules
 from hyperstate.schema.docs import field_docs
 from hyperstate.serde import to_value
 from hyperstate.storage import CONFIG_FILE, CheckpointStore
@@ -320,8 +321,11 @@ def _help(
         "",
         f"fields (values from {source}):" if source is not None else "fields:",
     ]
+    # A scheduled field shows its schedule, not the value at step 0.
+    scheduled = {format_path(where): ron.dumps(s.text) for where, s in schedules(config).items()}
     for field_path, node, default, doc in _walk(struct_schema(cls), "", config, frozenset()):
         entry = f"  {field_path}: {format_type(node)}"
+        default = scheduled.get(field_path, default)
         if default is not None:
             entry += f" = {default}"
         variants = _variants(node)

@@ -133,3 +133,18 @@ def test_bind_param_groups_refuses_what_it_cannot_bind(
     with pytest.raises(hyperstate.ConfigError, match=re.escape(message)):
         hs.bind_param_groups(field, getattr(hs.state, target))
     hs.close()
+
+
+def test_help_shows_a_scheduled_field_as_its_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.ron"
+    config.write_text('TrainConfig(optimizer: Optimizer(lr: "step: 1.0@0 lin 0.0@10"))\n')
+    with pytest.raises(SystemExit) as exit_info:
+        hyperstate.HyperState.from_args(
+            TrainConfig, TrainState, train_state, ["--config", str(config), "--help"]
+        )
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert 'optimizer.lr: float = "step: 1.0@0 lin 0.0@10"' in out
+    assert "wd: float = 0.5" in out

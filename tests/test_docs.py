@@ -27,6 +27,8 @@ import hyperstate.configs
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+# The modules that pages write as ```python file=NAME.py blocks and import.
+PAGE_MODULES = ("config", "test_config", "train")
 FENCE = re.compile(r"^ *```([^\n]*)\n(.*?)^ *```\n", re.M | re.S)
 
 
@@ -60,7 +62,7 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     filename = f"<{page.name}>"
     module.__file__ = filename
     monkeypatch.syspath_prepend(str(tmp_path))
-    for name in [n for n in sys.modules if n in ("config", "test_config")]:
+    for name in [n for n in sys.modules if n in PAGE_MODULES]:
         monkeypatch.delitem(sys.modules, name)  # the page's own config.py, not another's
     source = ""
     for number, (code, expected, file) in enumerate(blocks, 1):
@@ -76,7 +78,7 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
             with contextlib.redirect_stdout(out):
                 exec(compile("\n" * offset + code, filename, "exec"), namespace)
         finally:
-            for name in ("config", "test_config"):
+            for name in PAGE_MODULES:
                 sys.modules.pop(name, None)
         if expected is not None:
             assert out.getvalue() == expected, f"{page.name} block {number} printed otherwise"

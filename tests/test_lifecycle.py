@@ -14,6 +14,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -422,11 +423,10 @@ def test_handle_signals_false_and_managers_closed_out_of_order(
     hs.close()
     first, second = manager(tmp_path / "a"), manager(tmp_path / "b")
     first.close()  # the second's handler stays; the first's only passes signals on
-    second.close()
-    with pytest.raises(KeyboardInterrupt):  # through the first's handler, to the default
+    second.close()  # puts back what was there before the first: no closed handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def test_run_events_are_logged_and_nothing_is_printed(
@@ -455,3 +455,49 @@ def test_run_events_are_logged_and_nothing_is_printed(
     resumed = f"resuming from checkpoint 4 at {run}/step-000000000004 with overrides ['steps=7']"
     assert any(line.startswith(resumed) for line in lines)
     assert capsys.readouterr().out == ""
+
+
+def test_managers_dropped_out_of_order_leave_no_dead_handler(tmp_path: Path) -> None:
+    # Two managers never closed, dropped first-opened first: the handler put back must be
+    # the default, not the first manager's closed one, or a later manager's SIGTERM
+    # would kill the process instead of raising Preempted.
+    script = tmp_path / "drop.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import gc, signal
+            from dataclasses import dataclass
+            import hyperstate
+
+            @dataclass
+            class C:
+                x: int = 0
+
+            @dataclass
+            class S:
+                step: int = 0
+
+            def open_(name):
+                return hyperstate.HyperState.load(
+                    C, S, lambda c: S(), None, {str(tmp_path)!r} + "/" + name, "step"
+                )
+
+            m1, m2 = open_("a"), open_("b")
+            del m1; gc.collect()
+            del m2; gc.collect()
+            print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+            with open_("c") as hs:
+                hs.state.step += 1
+                signal.raise_signal(signal.SIGTERM)
+                try:
+                    hs.step()
+                except hyperstate.Preempted as e:
+                    print("preempted", e.number)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "preempted", "1"]

@@ -139,7 +139,7 @@ def test_memory_fsspec_checkpoint_dir() -> None:
 
 def test_killed_training_resumes_bit_exact(tmp_path: Path) -> None:
     """The stateful example, SIGKILLed at random moments, ends as an uninterrupted run."""
-    common = ["steps=120", "batch_size=16", "--every", "10"]
+    common = ["steps=120", "batch_size=16"]  # checkpoints every 20 steps
 
     def finish(checkpoint_dir: Path) -> str:
         out = subprocess.run(

@@ -1,57 +1,81 @@
-"""The demo: train, get killed with SIGKILL mid-run, resume, and match an uninterrupted run.
+"""The demo in one process: train, get stopped mid-run (SIGKILL, then SIGTERM), resume,
+and match an uninterrupted run.
 
-python examples/stateful/demo.py
+    python examples/stateful/demo.py
+
+Exits with status 0 only if both resumed runs end with the uninterrupted run's weights.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TRAIN = [sys.executable, str(HERE / "train.py"), "--config", str(HERE / "config.ron")]
+INTERRUPT_AT = 110  # between the checkpoints of steps 100 and 120
 
 
-def run(checkpoint_dir: str) -> str:
+def command(checkpoint_dir: Path) -> list[str]:
+    script = [str(HERE / "train.py"), "--config", str(HERE / "config.ron"), "--log-every", "10"]
+    return [sys.executable, *script, "--checkpoint-dir", str(checkpoint_dir)]
+
+
+def run(checkpoint_dir: Path) -> str:
+    """Run to the end; show its lines (every 50th step) and return the last."""
     out = subprocess.run(
-        [*TRAIN, "--checkpoint-dir", checkpoint_dir], capture_output=True, text=True, check=True
-    ).stdout
-    print(out, end="")
-    return out.strip().splitlines()[-1]
+        command(checkpoint_dir), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    lines = out.stdout.splitlines()
+    for line in lines:
+        if not line.startswith("step ") or int(line.split()[1]) % 50 == 0:
+            print(line)
+    if out.returncode != 0:
+        raise SystemExit(f"the run failed (exit status {out.returncode})")
+    return lines[-1]
+
+
+def interrupted(checkpoint_dir: Path, sig: signal.Signals) -> None:
+    """Start a run and send it ``sig`` once it reports step INTERRUPT_AT."""
+    child = subprocess.Popen(
+        command(checkpoint_dir), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith(f"step {INTERRUPT_AT:4d} "):
+            print(f"{line.rstrip()}   <- {sig.name}")
+            child.send_signal(sig)
+            break
+        if int(line.split()[1]) % 50 == 0:
+            print(line, end="")
+    for line in child.stdout:  # after SIGTERM: "stopped at step N: checkpoint N committed"
+        print(line, end="")
+    status = child.wait()
+    print(f"exit status {status}; checkpoints on disk:")
+    for entry in sorted(checkpoint_dir.glob("step-*")):
+        committed = (entry / "COMMITTED").exists()
+        print(f"  {entry.name}  {'committed' if committed else 'partial, will be ignored'}")
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
         print("== an uninterrupted run")
-        expected = run(os.path.join(tmp, "clean"))
-
-        print("\n== the same run, killed with SIGKILL after a moment")
-        killed = os.path.join(tmp, "killed")
-        child = subprocess.Popen([*TRAIN, "--checkpoint-dir", killed], stdout=subprocess.PIPE)
-        assert child.stdout is not None
-        for _ in range(2):  # let it get past step 100
-            print(child.stdout.readline().decode(), end="")
-        time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        print(f"killed (exit status {child.returncode}); checkpoints on disk:")
-        for entry in sorted(os.listdir(killed)):
-            committed = os.path.exists(os.path.join(killed, entry, "COMMITTED"))
-            print(f"  {entry}  {'committed' if committed else 'partial, will be ignored'}")
-
-        print("\n== resumed with the same command")
-        resumed = run(killed)
-        print()
-        print(f"uninterrupted: {expected}")
-        print(f"resumed:       {resumed}")
-        if resumed != expected:
-            raise SystemExit("the resumed run differs from the uninterrupted one")
-        print("identical: the kill cost nothing but the steps since the last checkpoint")
+        expected = run(tmp / "clean")
+        results = []
+        for sig in (signal.SIGKILL, signal.SIGTERM):
+            print(f"\n== the same run, sent {sig.name} at step {INTERRUPT_AT}")
+            interrupted(tmp / sig.name, sig)
+            print("resumed with the same command:")
+            results.append((sig.name, run(tmp / sig.name)))
+        print(f"\nuninterrupted:        {expected}")
+        for name, resumed in results:
+            print(f"resumed after {name}: {resumed}")
+        if any(resumed != expected for _, resumed in results):
+            raise SystemExit("a resumed run differs from the uninterrupted one")
+        print("identical: SIGKILL cost the steps since the last checkpoint, SIGTERM cost nothing")
 
 
 if __name__ == "__main__":
