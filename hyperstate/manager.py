@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -647,6 +647,7 @@ class StateManager(Generic[C, S]):
         argv: Sequence[str] | None = None,
         *,
         parser: argparse.ArgumentParser | None = None,
+        configure: Callable[[argparse.Namespace], Mapping[str, Any]] | None = None,
         **kwargs: Any,
     ) -> StateManager[C, S]:
         """The entry point of a training script: the manager its command line asks for.
@@ -667,6 +668,9 @@ class StateManager(Generic[C, S]):
             initial_state: builds a fresh state from the config.
             argv: the arguments (default: ``sys.argv[1:]``).
             parser: the script's own options, parsed alongside (the parser is not changed).
+            configure: more constructor arguments taken from the script's own options,
+                e.g. ``lambda args: {"policy": CheckpointPolicy(every_steps=args.every)}``;
+                they win over ``kwargs``.
             kwargs: the constructor's other arguments (``checkpoint_key``, ``policy``,
                 ``async_save``, ...); ``path``, ``checkpoint_dir`` and ``overrides`` given
                 here are defaults that the command line overrides (or adds to).
@@ -680,6 +684,8 @@ class StateManager(Generic[C, S]):
             checkpoint_dir=kwargs.pop("checkpoint_dir", None),
             overrides=kwargs.pop("overrides", None),
         )
+        if configure is not None:
+            kwargs = {**kwargs, **configure(command.args)}
         try:
             manager = cls(
                 config_clz,

@@ -148,3 +148,30 @@ def test_help_shows_a_scheduled_field_as_its_schedule(
     out = capsys.readouterr().out
     assert 'optimizer.lr: float = "step: 1.0@0 lin 0.0@10"' in out
     assert "wd: float = 0.5" in out
+
+
+def test_from_args_takes_constructor_arguments_from_the_scripts_own_options(
+    tmp_path: Path,
+) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--every", type=int, default=100)
+    hs = hyperstate.HyperState.from_args(
+        TrainConfig,
+        TrainState,
+        train_state,
+        ["--checkpoint-dir", str(tmp_path), "--every", "2", "wd=0.125"],
+        parser=parser,
+        checkpoint_key="step",
+        configure=lambda args: {"policy": hyperstate.CheckpointPolicy(every_steps=args.every)},
+    )
+    assert hs.args is not None and hs.args.every == 2 and hs.config.wd == 0.125
+    for _ in range(4):
+        hs.state.step += 1
+        hs.step()
+    hs.close()
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == [
+        "step-000000000002",
+        "step-000000000004",
+    ]
