@@ -203,6 +203,7 @@ def load_text(
             state=is_state,
             initial=initial if is_state else None,
             prepare=_filler(deferred),
+            log_changes=rank == 0,  # under torchrun, said once
         )
 
 
@@ -217,6 +218,7 @@ def _build(
     state: bool = False,
     initial: Any = None,
     prepare: Callable[[Any], None] | None = None,
+    log_changes: bool = True,
 ) -> T:
     node = struct_schema(cls)
     # Only a file can be at an old version: a config built from the defaults is current.
@@ -248,7 +250,8 @@ def _build(
     if result.issues or bad_overrides:
         raise ConfigError(bad_overrides + _place(result.issues, text, file, applied))
     value: T = result.value
-    _log_code_changes(node.name, file, result.taken, result.dropped)
+    if log_changes:
+        _log_code_changes(node.name, file, result.taken, result.dropped)
     if result.schedules:
         set_schedules(value, result.schedules)
     return value
