@@ -90,6 +90,21 @@ def test_a_real_checkpoint_still_reads_whole(original: Path) -> None:
     assert state["empty"].shape == (0, 4)
 
 
+def test_values_are_unpickled_only_with_weights_only(
+    original: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DCP's own planner loads bytes values with weights_only=False: never reached.
+    real_load = torch.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        assert kwargs.get("weights_only") is True, "a DCP value unpickled without weights_only"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    state = read_dcp(str(original))
+    assert state["opt"]["lr"] == 0.1 and state["epoch"] == 3
+
+
 # -- the pickle, before it is unpickled ---------------------------------------------------
 
 # Hand-written pickles: protocol 2 header, then opcodes.

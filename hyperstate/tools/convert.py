@@ -1036,6 +1036,7 @@ def read_dcp(path: str) -> dict[str, Any]:
     """
     import torch
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+    from torch.distributed.checkpoint._traverse import set_element
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.filesystem import FileSystemReader
@@ -1083,8 +1084,8 @@ def read_dcp(path: str) -> dict[str, Any]:
 
     class SafePlanner(_EmptyStateDictLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-            # Load it safely first; the base class (which unpickles without
-            # weights_only) then only ever sees bytes that we wrote ourselves.
+            # What the base class does, with weights_only: its own torch.load would
+            # unpickle the file's bytes without it, and so run code they name.
             try:
                 obj = torch.load(value, weights_only=True)
             except pickle.UnpicklingError as e:
@@ -1092,10 +1093,11 @@ def read_dcp(path: str) -> dict[str, Any]:
                 raise ConvertError(
                     f"{path}: value {fqn} refused by weights_only ({_message(e)})"
                 ) from None
-            again = io.BytesIO()
-            torch.save(obj, again)
-            again.seek(0)
-            super().load_bytes(read_item, again)
+            fqn = read_item.dest_index.fqn
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[fqn] = obj
 
     state: dict[str, Any] = {}
     try:
