@@ -1228,6 +1228,19 @@ def import_checkpoint(
 # Exporting
 
 
+def _state_tree(
+    checkpoint: str | os.PathLike[str], select: str | None
+) -> tuple[str, str, Any, tuple[Segment, ...]]:
+    """(directory, state.ron URL, value tree, path of ``select``) of a checkpoint: the
+    whole tree, or the subtree at field path ``select``."""
+    directory = os.fspath(checkpoint).rstrip("/")
+    state_path = f"{directory}/{STATE_FILE}"
+    tree = ron.loads(_fs.read_text(state_path, within=directory), path=state_path)
+    if not select:
+        return directory, state_path, tree, ()
+    return directory, state_path, resolve(tree, select), tuple(parse_path(select))
+
+
 def export_safetensors(
     checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], *, select: str | None = None
 ) -> list[str]:
@@ -1242,13 +1255,8 @@ def export_safetensors(
     """
     import torch
 
-    directory = os.fspath(checkpoint).rstrip("/")
-    state_path = f"{directory}/{STATE_FILE}"
-    tree = ron.loads(_fs.read_text(state_path, within=directory), path=state_path)
-    base: tuple[Segment, ...] = ()
-    if select:
-        tree = resolve(tree, select)
-        base = (parse_path(select)[-1],)
+    directory, state_path, tree, selected = _state_tree(checkpoint, select)
+    base: tuple[Segment, ...] = selected[-1:]
     found = list(iter_tensors(tree))
     if not found:
         raise ConvertError(f"no tensors in {state_path}" + (f" under {select}" if select else ""))
@@ -1323,13 +1331,7 @@ def export_torch(
     """
     import torch
 
-    directory = os.fspath(checkpoint).rstrip("/")
-    state_path = f"{directory}/{STATE_FILE}"
-    tree = ron.loads(_fs.read_text(state_path, within=directory), path=state_path)
-    base: tuple[Segment, ...] = ()
-    if select:
-        tree = resolve(tree, select)
-        base = tuple(parse_path(select))
+    directory, _, tree, base = _state_tree(checkpoint, select)
     names: list[str] = []
     readers: dict[str, BlobReader] = {}
     value = _as_python(tree, base, directory, readers, names)
