@@ -449,31 +449,6 @@ key_scalars = st.one_of(
     names.map(Ident),
     lookalike_keys,
 )
-keys = st.one_of(
-    lookalike_keys,
-    st.recursive(
-        key_scalars,
-        lambda children: st.one_of(
-            st.lists(children, max_size=3).map(tuple),
-            st.builds(TupleStruct, names, st.lists(children, min_size=1, max_size=3).map(tuple)),
-            children.map(Some),
-        ),
-        max_leaves=4,
-    ),
-)
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    huge_ints,
-    st.just(2**64),
-    st.floats(),
-    st.sampled_from([math.nan, -math.nan, -0.0, math.inf]),
-    texts,
-    st.binary(max_size=4),
-    names.map(Ident),
-    st.sampled_from([(), Struct(None, {}), Struct("T", {}), TupleStruct("T", ())]),
-)
 keys = st.recursive(
     key_scalars,
     lambda children: st.one_of(
@@ -488,10 +463,13 @@ scalars = st.one_of(
     st.booleans(),
     st.integers(),
     huge_ints,
+    st.just(2**64),
     st.floats(),
+    st.sampled_from([math.nan, -math.nan, -0.0, math.inf]),
     texts,
     st.binary(max_size=8),
     names.map(Ident),
+    st.sampled_from([(), Struct(None, {}), Struct("T", {}), TupleStruct("T", ())]),
 )
 values = st.recursive(
     scalars,
