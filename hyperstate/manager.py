@@ -55,7 +55,7 @@ from hyperstate.storage import (
     field_metric,
     read_metric,
 )
-from hyperstate.tensors.staging import Staging
+from hyperstate.tensors.staging import MutationGuard, Staging
 
 __all__ = ["CheckpointPolicy", "HyperState", "StateManager"]
 
@@ -141,6 +141,13 @@ class StateManager(Generic[C, S]):
             raised by the next ``step()``, ``checkpoint()`` or ``close()``.
         max_staging_bytes: a budget for staging buffers; tensors beyond it are written
             before ``checkpoint()`` returns, as in a synchronous save.
+        async_staging: with ``async_save``, the copy to the staging buffers runs in the
+            background thread too, so ``checkpoint()`` returns after encoding the state
+            (milliseconds). Until the copy is done, an optimizer's ``step()`` and the
+            forward of a module in training mode that owns buffers wait for it (global
+            hooks, removed by the next ``step()``); any other in-place change of a saved
+            tensor in that time fails the save, whose error the next ``step()`` raises.
+            Change such tensors after :meth:`wait_staged`. Off by default.
         edit_check_seconds: how often ``step()`` looks for live edit requests in
             ``checkpoint_dir`` (see :mod:`hyperstate.edits`); None turns them off.
         per_rank: what to do with ``PerRank`` fields of a checkpoint written by another
@@ -183,6 +190,7 @@ class StateManager(Generic[C, S]):
         ctx: dict[str, Any] | None = None,
         async_save: bool = False,
         max_staging_bytes: int | None = None,
+        async_staging: bool = False,
         edit_check_seconds: float | None = 5.0,
         per_rank: Literal["error", "reinit"] = "error",
         collective_timeout: float | None = None,
@@ -204,6 +212,9 @@ class StateManager(Generic[C, S]):
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: Future[CheckpointInfo] | None = None
         self._staging = Staging(max_staging_bytes) if async_save else None
+        self.async_staging = async_staging
+        self._guard: MutationGuard | None = None  # holds writers back while staging
+        self._housekeeping: Future[None] | None = None  # retention after a sync save
         self._metrics: dict[int, float] = {}  # best_field value by checkpoint number
         self.edit_check_seconds = edit_check_seconds
         self._last_edit_check = time.monotonic()
@@ -351,6 +362,7 @@ class StateManager(Generic[C, S]):
         """
         with self._failures():
             self._raise_background_error()
+            self._remove_guard(wait=False)
             self._steps += 1
             self._stepped = True
             due_by_time, stop = self._sync_step()
@@ -481,21 +493,43 @@ class StateManager(Generic[C, S]):
             save = CheckpointSave(
                 ranks, self.store, number, staging=self._staging, started=self._run_started
             )
-            save.prepare(lambda: to_value(self.state))
+            background = self.async_save and self.async_staging
+            save.prepare(lambda: to_value(self.state), stage=not background)
             self._last_checkpoint_time = time.monotonic()
             self._stepped, self._last_number = False, number
             texts = (
                 {CONFIG_FILE: (dumps(self.config) + "\n").encode()} if ranks.is_coordinator else {}
             )
             if self.async_save:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="hyperstate-save")
+                limit = self.max_staging_bytes
+                over = background and limit is not None and save.kept_bytes > limit
+                guard = self._guard = MutationGuard() if background and not over else None
                 blocked = time.monotonic() - started
-                self._inflight = self._executor.submit(self._finish, save, texts, started, blocked)
-                if not save.overflow:
+                self._inflight = self._save_thread().submit(
+                    self._finish, save, texts, started, blocked, guard
+                )
+                if not (save.overflow or over):
                     return None
                 return self.wait()  # past the staging budget: the originals are being read
             return self._finish(save, texts, started)
+
+    def _save_thread(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="hyperstate-save")
+        return self._executor
+
+    def wait_staged(self) -> None:
+        """With ``async_staging``: wait until the save in flight copied the state's
+        tensors (after that, changing them cannot affect the save). A no-op otherwise."""
+        self._remove_guard(wait=True)
+
+    def _remove_guard(self, wait: bool) -> None:
+        guard = self._guard
+        if guard is not None and (wait or guard.released):
+            if wait:
+                guard.wait()
+            guard.remove()
+            self._guard = None
 
     def _signals_wait(self) -> contextlib.AbstractContextManager[None]:
         """While a save runs, handlers installed before this manager's wait for its end."""
@@ -507,9 +541,17 @@ class StateManager(Generic[C, S]):
         texts: dict[str, bytes],
         started: float,
         blocked: float | None = None,
+        guard: MutationGuard | None = None,
     ) -> CheckpointInfo:
         # Async saves talk over their own process group, from the background thread.
-        info = save.finish(texts, background=self.async_save)
+        try:
+            staged = guard.release if guard is not None else None
+            info = save.finish(texts, background=self.async_save, staged=staged)
+        finally:
+            if guard is not None:
+                guard.release()
+        if guard is not None and blocked is not None:
+            blocked += guard.waited  # training waited for the copy in its hooks
         size = sum(entry.size for entry in info.manifest.files.values())
         seconds = time.monotonic() - started
         if blocked is None:
@@ -535,27 +577,42 @@ class StateManager(Generic[C, S]):
         if self.ranks.is_coordinator:
             if self.policy.best_field:
                 self._metrics[info.number] = field_metric(save.tree, self.policy.best_field)
-            self._retain()
-            # This run writes here: uncommitted directories older than its newest commit
-            # are saves that crashed (never another process's save in progress).
-            assert self.store is not None
-            removed = self.store.cleanup_uncommitted(keep_newer_than=info.number)
-            if removed:
-                self._event(
-                    logging.INFO, "removed the leftovers of failed saves: %s", ", ".join(removed)
-                )
+            if self.async_save:
+                self._housekeep(info.number)  # in the save thread already
+            else:  # off the training thread: the save returns once committed
+                self._housekeeping = self._save_thread().submit(self._housekeep, info.number)
         return info
 
+    def _housekeep(self, number: int) -> None:
+        """After checkpoint ``number`` committed: retention, and the leftovers of failed saves."""
+        self._retain()
+        # This run writes here: uncommitted directories older than its newest commit
+        # are saves that crashed (never another process's save in progress).
+        assert self.store is not None
+        removed = self.store.cleanup_uncommitted(keep_newer_than=number)
+        if removed:
+            self._event(
+                logging.INFO, "removed the leftovers of failed saves: %s", ", ".join(removed)
+            )
+
     def wait(self) -> CheckpointInfo | None:
-        """Wait for the save in flight, if any; return it, or raise its error."""
+        """Wait for the save in flight, if any, and for the pruning of old checkpoints
+        after the last one (which runs in the background); return the save in flight,
+        or raise its error."""
         inflight, self._inflight = self._inflight, None
-        if inflight is None:
-            return None
+        housekeeping, self._housekeeping = self._housekeeping, None
         with self._failures(), self._signals_wait():
-            return inflight.result()
+            if housekeeping is not None:
+                housekeeping.result()
+            if inflight is None:
+                return None
+            try:
+                return inflight.result()
+            finally:
+                self._remove_guard(wait=True)
 
     def _raise_background_error(self) -> None:
-        if self._inflight is not None and self._inflight.done():
+        if any(f is not None and f.done() for f in (self._inflight, self._housekeeping)):
             self.wait()
 
     def _number(self) -> int:

@@ -52,6 +52,7 @@ def run_steps(hs: hyperstate.HyperState[Config, State], n: int) -> None:
         hs.state.weights += hs.config.lr
         hs.state.eval.loss = 1.0 / hs.state.step
         hs.step()
+    hs.wait()  # old checkpoints are pruned in the background after a save
 
 
 def test_checkpoint_and_resume_newest(tmp_path: Path) -> None:

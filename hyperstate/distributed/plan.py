@@ -15,7 +15,7 @@ from typing import Any
 
 from hyperstate import _fs
 from hyperstate.distributed.dtensor import plan_dtensor
-from hyperstate.errors import ValuePath
+from hyperstate.errors import HyperstateError, ValuePath, format_path
 from hyperstate.ron import Struct
 from hyperstate.tensors import codec
 from hyperstate.tensors.context import sending_tensors
@@ -104,6 +104,7 @@ class BlobPlan:
         self._per_rank: list[Struct] = []
         self._storages: dict[tuple[Any, ...], int] = {}
         self._written: list[int] = []
+        self._versions: dict[int, int] = {}  # kept, to stage later: version counters
 
     def encode(self, encode: Callable[[], Any]) -> Any:
         """Run ``encode()`` (e.g. ``to_value(state)``) with this plan as the tensors' sink."""
@@ -160,8 +161,12 @@ class BlobPlan:
         text = "\n".join(i.signature() for i in self.items)
         return f"{len(self.items)}:{_fs.checksum(text.encode('utf-8'))}"
 
-    def keep(self, owned: Sequence[int]) -> None:
-        """Keep (and stage, for async saves) the items this rank writes; drop the rest."""
+    def keep(self, owned: Sequence[int], *, stage: bool = True) -> None:
+        """Keep (and stage, for async saves) the items this rank writes; drop the rest.
+
+        With ``stage=False`` the kept tensors are only noted, with their version
+        counters: :meth:`stage` copies them later (in a background thread).
+        """
         staging = self.staging
         if staging is not None:
             staging.begin()
@@ -169,9 +174,40 @@ class BlobPlan:
         for i, item in enumerate(self.items):
             if i not in mine:
                 item.value = None  # training may change it: this rank does not write it
+            elif staging is not None and (stage or not hasattr(item.value, "_version")):
+                item.value = staging.stage(item.value)  # arrays have no version: copy now
             elif staging is not None:
-                item.value = staging.stage(item.value)
+                self._versions[i] = item.value._version
         self._written = sorted(mine)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the items this rank writes."""
+        return sum(self.items[i].nbytes for i in self._written)
+
+    def stage(self) -> None:
+        """Copy the tensors that :meth:`keep` noted (``stage=False``) into staging buffers
+        (nothing to do after ``keep(..., stage=True)``).
+
+        Raises:
+            HyperstateError: a tensor changed while it was copied (its version counter
+                moved): the copy may mix two steps, so the save must not commit it.
+        """
+        staging, versions, self._versions = self.staging, self._versions, {}
+        if staging is None or not versions:
+            return  # staged by keep(), or nothing to stage
+        originals = {i: self.items[i].value for i in versions}
+        for i in versions:
+            self.items[i].value = staging.stage(originals[i])
+        changed = [i for i, version in versions.items() if originals[i]._version != version]
+        if changed:
+            where = format_path(self.items[changed[0]].where)
+            raise HyperstateError(
+                f"expected the state's tensors to stay unchanged while a background save "
+                f"copies them, found {len(changed)} changed in place (first: {where}); "
+                "change tensors outside an optimizer step or a module forward only after "
+                "wait_staged() (or do not stage in the background)"
+            )
 
     def write(self) -> dict[int, Struct]:
         """Write this rank's blob file; return the records of what it wrote.

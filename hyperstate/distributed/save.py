@@ -73,8 +73,12 @@ class CheckpointSave:
         """Whether some tensors were not staged (over budget): finish before training goes on."""
         return self._plan is not None and self._plan.overflow
 
-    def prepare(self, encode: Callable[[], Any]) -> None:
-        """Step ``prepare``: encode the state with ``encode()`` and plan who writes what."""
+    def prepare(self, encode: Callable[[], Any], *, stage: bool = True) -> None:
+        """Step ``prepare``: encode the state with ``encode()`` and plan who writes what.
+
+        With a staging area and ``stage=False``, the tensors this rank writes are copied
+        to it later, by :meth:`finish` (in the background thread of an async save).
+        """
         ranks, store = self.ranks, self.store
 
         def prepare() -> bytes:
@@ -100,18 +104,37 @@ class CheckpointSave:
             if self._pending is None:
                 self._pending = store.join(self.number)
             assert self._plan is not None
-            self._plan.keep(assign(self._plan.items, ranks.rank, ranks.world_size))
+            self._plan.keep(assign(self._plan.items, ranks.rank, ranks.world_size), stage=stage)
         except BaseException:
             self.abort()
             raise
 
-    def finish(self, texts: Mapping[str, bytes], *, background: bool = False) -> CheckpointInfo:
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the tensors this rank writes (after :meth:`prepare`)."""
+        return self._plan.kept_bytes if self._plan is not None else 0
+
+    def finish(
+        self,
+        texts: Mapping[str, bytes],
+        *,
+        background: bool = False,
+        staged: Callable[[], None] | None = None,
+    ) -> CheckpointInfo:
         """Steps ``write blobs`` and ``commit``; ``texts`` are rank 0's other files
-        (``config.ron``), written before ``state.ron``. Returns the committed checkpoint."""
+        (``config.ron``), written before ``state.ron``. Returns the committed checkpoint.
+
+        After ``prepare(..., stage=False)`` the ``write blobs`` step first copies the
+        tensors to staging, then calls ``staged()`` (even when the copy failed)."""
         ranks, plan, pending = self.ranks, self._plan, self._pending
         assert plan is not None and pending is not None, "prepare() first"
 
         def write() -> bytes:
+            try:
+                plan.stage()
+            finally:
+                if staged is not None:
+                    staged()
             records = plan.write()  # already in this rank's tree
             written: dict[str, Any] = {
                 "records": {} if ranks.is_coordinator else records,
