@@ -16,7 +16,7 @@ PACKAGE = Path(hyperstate.__file__).parent
 # from its own layer or a lower one. The package's own __init__ is its public face and
 # may import anything.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["hyperstate.errors", "hyperstate._fs", "hyperstate._signals"]),
+    ("base", ["hyperstate.errors", "hyperstate._fs", "hyperstate._signals", "hyperstate._gc"]),
     ("text", ["hyperstate.ron"]),
     ("types", ["hyperstate.typeinfo"]),
     ("serde", ["hyperstate.serde", "hyperstate.overrides"]),
@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         ["hyperstate.manager", "hyperstate.configs", "hyperstate.edits", "hyperstate.args"],
     ),
     ("tools", ["hyperstate.tools"]),
+    ("integrations", ["hyperstate.integrations"]),
 ]
 
 

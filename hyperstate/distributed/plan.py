@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hyperstate import _fs
+from hyperstate import _fs, _gc
 from hyperstate.distributed.dtensor import plan_dtensor
 from hyperstate.errors import HyperstateError, ValuePath, format_path
 from hyperstate.ron import Struct
@@ -217,6 +217,12 @@ class BlobPlan:
         :meth:`fill` puts other ranks' records into it.
         """
         records: dict[int, Struct] = {}
+        with _gc.paused():
+            self._write(records)
+        self.fill([records])
+        return records
+
+    def _write(self, records: dict[int, Struct]) -> None:
         if self._written:
             writer = BlobWriter(self.directory, self.file)
             added = [
@@ -237,8 +243,6 @@ class BlobPlan:
             self.file_checksum = str(writer.file_checksum)
             if self.staging is not None:
                 self.staging.release()
-        self.fill([records])
-        return records
 
     def fill(self, records: list[dict[int, Struct]]) -> None:
         """Put written entries' records into the tree (records of one or more ranks)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from math import inf
 
+from hyperstate import _gc
 from hyperstate.errors import ConfigError, Issue, PathSegment
 from hyperstate.ron._parser import _IDENT, _RAW_IDENT, MAX_DEPTH, MAX_INT_DIGITS
 from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
@@ -64,7 +65,8 @@ def dumps(value: Value) -> str:
     """
     out: list[str] = []
     try:
-        _write(value, out, "", 0)
+        with _gc.paused():
+            _write(value, out, "", 0)
     except _KeysCollide as e:
         raise e.error(value) from None
     return "".join(out)

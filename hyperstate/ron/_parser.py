@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterable
 from math import inf, nan
 from typing import Any
 
+from hyperstate import _gc
 from hyperstate.errors import ParseError, format_int, format_value
 from hyperstate.ron._values import Ident, Some, Struct, TupleStruct, Value
 
@@ -166,7 +167,8 @@ def loads(text: str, path: str = "<string>") -> Value:
     Struct('Config', {'lr': 0.1, 'betas': (0.9, 0.98), 'act': Ident('Relu')})
     """
     try:
-        return _document(text, None)[1]
+        with _gc.paused():
+            return _document(text, None)[1]
     except _Failure as failure:
         raise _to_parse_error(text, path, failure) from None
 
@@ -195,7 +197,8 @@ def loads_deferred(
     """
     deferrer = _Deferrer(text, frozenset(fields), path)
     try:
-        value = _deferring_document(text, deferrer)
+        with _gc.paused():
+            value = _deferring_document(text, deferrer)
     except _Failure as failure:
         raise _to_parse_error(text, path, failure) from None
     return value, deferrer.taken

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
+from hyperstate import _gc
 from hyperstate.errors import ValuePath
 from hyperstate.ron import Struct
 from hyperstate.tensors.safetensors import BlobReader
@@ -120,7 +121,8 @@ def sending_tensors(sink: Sink) -> Iterator[None]:
     """Within the block, tensors that are encoded go to ``sink``."""
     token = _SINK.set(sink)
     try:
-        yield
+        with _gc.paused():
+            yield
     finally:
         _SINK.reset(token)
 
@@ -168,7 +170,7 @@ def reading_blobs(
         reshard,
         file_checksums,
     )
-    with using_source(source):
+    with using_source(source), _gc.paused():
         yield source
 
 
