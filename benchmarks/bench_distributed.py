@@ -49,6 +49,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -250,20 +251,70 @@ def disk_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
+def all_max_each(values: dict[str, int]) -> dict[str, int]:
+    """Each value's maximum over the ranks (every rank has the same keys)."""
+    names = sorted(values)
+    t = torch.tensor([values[n] for n in names], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return {n: int(v) for n, v in zip(names, t.tolist(), strict=True)}
+
+
 def all_max(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds from a barrier before ``fn`` to a barrier after it (the slowest rank)."""
+def timed(fn: Callable[[], Any], memory: str | None = None) -> tuple[float, Any]:
+    """Seconds from a barrier before ``fn`` to a barrier after it (the slowest rank);
+    with ``memory``, the extra anonymous memory of ``fn`` goes into ``EXTRA[memory]``."""
     gc.collect()
     dist.barrier()
     start = time.perf_counter()
-    value = fn()
+    with AnonPeak() as peak:
+        value = fn()
     dist.barrier()
-    return time.perf_counter() - start, value
+    seconds = time.perf_counter() - start
+    if memory is not None:
+        EXTRA[memory] = max(EXTRA.get(memory, 0), peak.extra)
+    return seconds, value
+
+
+def anonymous_rss() -> int:
+    """This process's resident anonymous memory (``RssAnon``: heap and staging buffers,
+    not the page cache that mapped or read files occupy), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class AnonPeak:
+    """The peak of :func:`anonymous_rss` over a block, sampled every millisecond."""
+
+    def __enter__(self) -> AnonPeak:
+        self.start = self.peak = anonymous_rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, anonymous_rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anonymous_rss())
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.start
+
+
+EXTRA: dict[str, int] = {}  # method -> the most anonymous memory it added on this rank
 
 
 # ---------------------------------------------------------------------------------------
@@ -433,14 +484,14 @@ def run_sync(case: Case, state: Any, root: Path, m: Method, figures: Figures) ->
     expected = case.extra["expected"]
     d = new_dir(root, f"{m.name.split()[0]}-{METHODS.index(m)}")
     try:
-        seconds, _ = timed(lambda: m.save(case, state, d))
+        seconds, _ = timed(lambda: m.save(case, state, d), f"{m.name}: save")
         figures.best(figures.save, m.name, case.extra.pop("hs-save", seconds))
         if dist.get_rank() == 0:
             figures.written[m.name] = disk_bytes(d)
         if m.load is None:
             return
         load = m.load
-        seconds, got = timed(lambda: touch(load(case, d)))
+        seconds, got = timed(lambda: touch(load(case, d)), f"{m.name}: load")
         check(m.name, expected, got)
         figures.best(figures.warm, m.name, seconds)
         if dist.get_rank() == 0:
@@ -523,7 +574,9 @@ def run_round(case: Case, state: Any, root: Path, n: int, figures: Figures, keep
 SAVE_ROWS = {RAW: RAW, RAW_ALL: RAW_ALL, DCP: "DCP save", HS: "hyperstate checkpoint() (sync)"}
 
 
-def report(case: Case, figures: Figures, world: int, repeat: int, peak: int) -> None:
+def report(
+    case: Case, figures: Figures, world: int, repeat: int, peak: int, extra: dict[str, int]
+) -> None:
     size = case.unique_bytes / GIB
     print(f"\n## {case.name}: {world} ranks, {size:.3f} GiB unique, best of {repeat}")
     print(f"   {case.describe}")
@@ -559,10 +612,22 @@ def report(case: Case, figures: Figures, world: int, repeat: int, peak: int) -> 
             f"async_save: checkpoint() blocks {blocked / figures.save[HS]:.1%} of the time of a "
             "synchronous checkpoint() (a later save: the first allocates staging buffers)"
         )
+    state = sum(t.nbytes for t in case.local(case.extra["like"]))
     print(
         f"peak RSS of a rank during this state's runs: {peak / GIB:.2f} GiB "
-        f"(its state: {sum(t.nbytes for t in case.local(case.extra['like'])) / GIB:.2f} GiB; "
-        "mapped page cache counts too)"
+        f"(its state: {state / GIB:.2f} GiB; every method, mapped page cache included)"
+    )
+    print(
+        "the most anonymous memory (RssAnon: heap, no page cache) a method added on a rank, "
+        "over what the benchmark holds (the state; for a load also the new objects), "
+        "as a share of the rank's state:"
+    )
+    for name, added in extra.items():
+        print(f"  {name:60} {added / GIB:6.3f} GiB = {added / state:6.1%}")
+    hs = max(v for k, v in extra.items() if k.startswith(HS))
+    print(
+        f"hyperstate's peak on a rank: state + {hs / state:.1%} = {1 + hs / state:.2f}x "
+        "its state (target <= 1.5x)"
     )
 
 
@@ -614,8 +679,10 @@ def worker(args: argparse.Namespace) -> None:
             finally:
                 keep.close(Path(root[0]))
             peak = int(all_max(peak_rss()))
+            extra = all_max_each(EXTRA)
+            EXTRA.clear()
             if rank == 0:
-                report(case, figures, world, args.repeat, peak)
+                report(case, figures, world, args.repeat, peak, extra)
                 sys.stdout.flush()
             del state, case
     finally:
