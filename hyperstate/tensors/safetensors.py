@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import difflib
+import errno
 import functools
 import gc
 import json
@@ -308,6 +309,7 @@ class BlobWriter:
         # One tuple per distinct shape, shared by the refs: many tensors have the same.
         self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._written = False
+        self._reserve: Callable[[int], None] | None = None  # allocates the local file
 
     def add(self, key_hint: str, value: Any) -> BlobRef:
         """Register a ``torch.Tensor`` (any device) or ``numpy.ndarray`` for writing.
@@ -518,6 +520,7 @@ class BlobWriter:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb", buffering=0) as f:
                     fd = f.fileno()
+                    self._reserve = functools.partial(_reserve, fd)
                     self._stream(functools.partial(_writev, fd), order, sums)
                     os.fsync(fd)
                 _fs.fsync_dir(os.path.dirname(path))
@@ -560,6 +563,8 @@ class BlobWriter:
         types: dict[int, Any] = {}  # ctypes array types by size, for views of CPU memory
         header = _header(self._entries, order)
         size = len(header) + sum(sizes)
+        if self._reserve is not None:
+            self._reserve(size)
         batch: list[Any] = [header]
         batch_bytes = len(header)
         del header  # freed once written
@@ -715,6 +720,18 @@ def _header(entries: _Entries, order: Sequence[int]) -> bytearray:
     out += b" " * (-len(out) % 8)
     out[:8] = (len(out) - 8).to_bytes(8, "little")
     return out
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's ``size`` bytes before writing them: the filesystem can lay the
+    file out in few extents (a save to ext4 is faster), and a full disk fails here, before
+    anything is written. Filesystems that cannot (``EOPNOTSUPP``) write as usual."""
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
 
 
 def _writev(fd: int, batch: list[Any], nbytes: int) -> None:
