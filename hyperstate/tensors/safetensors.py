@@ -37,12 +37,10 @@ paths from a ref or a header are checked against fixed tables before use.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import difflib
 import errno
 import functools
-import gc
 import json
 import math
 import mmap
@@ -50,12 +48,12 @@ import os
 import sys
 import threading
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hyperstate import _fs
+from hyperstate import _fs, _gc
 from hyperstate._fs import checksum
 from hyperstate.errors import BlobError, StorageError
 from hyperstate.tensors.dtypes import (
@@ -1037,7 +1035,7 @@ class BlobReader:
         # JSON makes a few objects per entry that are all freed right after; with the
         # garbage collector on, they trigger full collections of the (large) heap of a
         # training process, which cost more than the parse itself.
-        with _gc_paused():
+        with _gc.paused():
             return self._parse_table(text, data_start, size)
 
     def _parse_table(self, text: bytes, data_start: int, size: int) -> dict[str, _Info]:
@@ -1331,17 +1329,6 @@ def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
         stride.append(step)
         step *= max(n, 1)
     return tuple(reversed(stride))
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _torch_dtype(name: str, file: str, key: str) -> torch.dtype:
