@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -55,6 +56,7 @@ from hyperstate.tensors import codec
 __all__ = [
     "COMMITTED",
     "CONFIG_FILE",
+    "DCP_FILE",
     "EDITS_DIR",
     "FORMAT_VERSION",
     "STATE_FILE",
@@ -72,6 +74,7 @@ __all__ = [
     "blob_file_beside",
     "checkpoint_at",
     "field_metric",
+    "probe_file",
     "read_metric",
 ]
 
@@ -84,8 +87,26 @@ CONFIG_FILE = "config.ron"
 STATE_FILE = "state.ron"
 """The state of a checkpoint, as RON text with records of the tensors in blob files."""
 
+DCP_FILE = "dcp.ron"
+"""What ``torch.distributed.checkpoint`` knows of a checkpoint that it saved through
+hyperstate and ``state.ron`` does not say (its entries' key paths), as RON text."""
+
 EDITS_DIR = "edits"
 """The folder of a run directory where live edit requests wait (see ``hyperstate set``)."""
+
+
+def probe_file(token: str) -> str:
+    """The file that rank 0 of a job writes into the run directory, and every rank looks
+    for, to check that all of them see it (``distributed/shared_storage.py``); ``token``
+    is unique to the check, and rank 0 removes the file right after. Not a checkpoint:
+    discovery never lists it.
+
+    >>> probe_file("9f86d081884c7d65")
+    '.probe-9f86d081884c7d65'
+    """
+    if not re.fullmatch(r"[0-9a-f]+", token):
+        raise ValueError(f"a probe token is lowercase hex digits, got {token!r}")
+    return f".probe-{token}"
 
 
 def blob_file(rank: int) -> str:
@@ -114,6 +135,7 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _CHUNK = 8 << 20
 _MAX_INT = 1 << 63  # no real size or checkpoint number is larger
+_PARALLEL_READS = 16  # manifests read at once from an object store (list())
 # OSErrors that retrying cannot fix: the caller asked for something that is not there or
 # not allowed. Everything else from a remote filesystem (timeouts, throttling, 5xx) is
 # treated as transient.
@@ -696,16 +718,26 @@ class CheckpointStore:
         logged warning: it is neither listed (not a loadable checkpoint) nor reported
         as uncommitted (so cleanup never deletes what a person may want to repair).
         """
-        out = []
-        for number, _ in self._listdir():
+
+        def read(number: int) -> Manifest | None:
             try:
-                manifest = self._manifest(number)
+                return self._manifest(number)
             except StorageError as exc:
                 _log.warning("skipping checkpoint: %s", exc)
-                continue
-            if manifest is not None:
-                out.append(CheckpointInfo(number, self.path(number), manifest))
-        return out
+                return None
+
+        numbers = [number for number, _ in self._listdir()]
+        if self._local or len(numbers) < 2:
+            manifests = list(map(read, numbers))
+        else:  # an object store answers many small reads at once, each in its own time
+            workers = min(_PARALLEL_READS, len(numbers))
+            with ThreadPoolExecutor(workers, thread_name_prefix="hyperstate-list") as pool:
+                manifests = list(pool.map(read, numbers))
+        return [
+            CheckpointInfo(number, self.path(number), manifest)
+            for number, manifest in zip(numbers, manifests, strict=True)
+            if manifest is not None
+        ]
 
     def get(self, number: int) -> CheckpointInfo | None:
         """Checkpoint ``number`` if it is committed, else None."""
@@ -980,11 +1012,16 @@ class PendingCheckpoint:
     Files are added with :meth:`write_file` (written here) or :meth:`record` (written by
     someone else: a blob writer, another rank); :meth:`commit` then writes ``COMMITTED``
     last. Safe to use from several threads.
+
+    ``name`` is the directory under the store's root, by default
+    :meth:`CheckpointStore.dirname` of ``number``; another name serves a checkpoint
+    directory that its writer named (``torch.distributed.checkpoint``'s ``checkpoint_id``).
     """
 
-    def __init__(self, store: CheckpointStore, number: int) -> None:
+    def __init__(self, store: CheckpointStore, number: int, *, name: str | None = None) -> None:
         self.store = store
         self.number = number
+        self.name = store.dirname(number) if name is None else name
         self._entries: dict[str, FileEntry] = {}
         self._synced: set[str] = set()  # written here, so already fsync'd
         self._state: Literal["open", "committed", "aborted"] = "open"
@@ -996,7 +1033,7 @@ class PendingCheckpoint:
     @property
     def path(self) -> str:
         """URL (or local path) of the checkpoint directory."""
-        return self.store.path(self.number)
+        return f"{self.store.url}/{self.name}"
 
     @property
     def entries(self) -> dict[str, FileEntry]:
@@ -1004,12 +1041,16 @@ class PendingCheckpoint:
         with self._lock:
             return dict(self._entries)
 
+    @property
+    def _fs_dir(self) -> str:
+        return posixpath.join(self.store._root, self.name)
+
     def _fs_path(self, relpath: str) -> str:
         try:
             _check_relpath(relpath)
         except ValueError as exc:
             raise StorageError("write", f"{self.path}/{relpath}", str(exc)) from None
-        return posixpath.join(self.store._fs_dir(self.number), relpath)
+        return posixpath.join(self._fs_dir, relpath)
 
     def _check_open(self, relpath: str) -> None:
         if self._state != "open":
@@ -1075,7 +1116,7 @@ class PendingCheckpoint:
         missing or has another size, or a file in the directory was not recorded.
         """
         store = self.store
-        d = store._fs_dir(self.number)
+        d = self._fs_dir
         with self._lock:
             self._check_open(COMMITTED)
             entries = dict(self._entries)
@@ -1118,7 +1159,7 @@ class PendingCheckpoint:
             if self._state == "committed":
                 raise StorageError("abort", self.path, "checkpoint is already committed")
             self._state = "aborted"
-        self.store._rm(self.store._fs_dir(self.number), recursive=True)
+        self.store._rm(self._fs_dir, recursive=True)
 
 
 def checkpoint_at(url: str) -> CheckpointInfo | None:
