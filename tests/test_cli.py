@@ -224,6 +224,24 @@ def test_show_reads_no_tensor_bytes_and_no_torch(run: Path, tmp_path: Path) -> N
     assert result.stdout.splitlines()[-1] == "False False"
 
 
+def test_ls_reads_no_blob_file_and_no_torch(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for blobs in copy.glob("*/blobs"):
+        shutil.rmtree(blobs)  # ls lists from COMMITTED alone: blobs are never opened
+    code = (
+        "import sys; from hyperstate.tools.cli import main; "
+        f"rc = main(['ls', {str(copy)!r}]); "
+        "print('torch' in sys.modules, 'numpy' in sys.modules); sys.exit(rc)"
+    )
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines()[1:-1] if line[:1].isdigit()]
+    expected = sorted((int(p.name.split("-")[1]) for p in run.glob("step-*")), reverse=True)
+    assert [int(n) for n in listed] == expected
+    assert result.stdout.splitlines()[-1] == "False False"
+
+
 def test_show_an_unknown_field_suggests_one(run: Path) -> None:
     line = one_error_line(hs("show", str(run), "optimizer.param_groups[0].lrr"), "show")
     assert "has no field 'lrr'; did you mean 'lr'?" in line
