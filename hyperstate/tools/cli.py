@@ -11,6 +11,7 @@
 ``hyperstate schedule TEXT``       a schedule's values, plotted in the terminal or to a PNG
 ``hyperstate convert SRC DST``     import a ``torch.save`` / safetensors / DCP checkpoint, or
                                    export a checkpoint to a safetensors or ``torch.save`` file
+                                   or a DCP directory
 ``hyperstate set RUN_DIR p=v``     checked live edits of a running experiment
                                    (:mod:`hyperstate.edits`)
 ``hyperstate completion SHELL``    a completion script for bash, zsh or tcsh (by shtab)
@@ -257,13 +258,14 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     convert = command(
         "convert",
-        "import torch.save / safetensors / DCP checkpoints, export to safetensors or torch.save",
+        "import torch.save / safetensors / DCP checkpoints, export to any of them",
         "Import a torch.save file (loaded with weights_only=True), a safetensors file or a "
         "torch.distributed.checkpoint directory into a committed hyperstate checkpoint "
         "under the run directory DST; or, when SRC is a hyperstate checkpoint (or run "
         "directory), export it to DST: its tensors to a safetensors file (DST ending in "
         ".safetensors), or its state as a nested dict to a torch.save file (.pt, .pth, "
-        ".bin, .ckpt) that torch.load(DST, weights_only=True) reads.\n\n"
+        ".bin, .ckpt) that torch.load(DST, weights_only=True) reads, or as a "
+        "torch.distributed.checkpoint directory (.dcp) that plain dcp.load reads.\n\n"
         "An import writes state.ron as State(model: {...}) (--field names the field; "
         "--as-fields makes the top-level keys the fields; --stateful writes the dict as "
         "the state of a module or optimizer field).",
@@ -271,7 +273,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "  hyperstate convert model.safetensors runs/finetune --stateful --config config.ron\n"
         "  hyperstate convert dcp_checkpoint/ runs/imported --as-fields --step 1000\n"
         "  hyperstate convert runs/exp1 model.safetensors --select model\n"
-        "  hyperstate convert runs/exp1 model.pt --select model",
+        "  hyperstate convert runs/exp1 model.pt --select model\n"
+        "  hyperstate convert runs/exp1 exported.dcp",
     )
     convert.add_argument("src", metavar="SRC")
     convert.add_argument("dst", metavar="DST")

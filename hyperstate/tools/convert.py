@@ -9,8 +9,9 @@ file, then ``COMMITTED``) under a run directory, from
   (see :func:`read_dcp`).
 
 Exporting writes every tensor of a checkpoint (or of one subtree) to one safetensors file,
-or the state (or one subtree) as a nested dict to one ``torch.save`` file; the name of the
-file says which (:func:`export_format`).
+the state (or one subtree) as a nested dict to one ``torch.save`` file, or the same dict as
+a standard DCP directory that plain ``dcp.load`` reads; the name of the destination says
+which (:func:`export_format`).
 
 The module also holds the read-only view of a ``state.ron`` value tree that the
 ``hyperstate`` command shows and diffs: :func:`tensor_info` recognises a tensor reference
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from hyperstate import _fs, ron
 from hyperstate.distributed.collectives import Ranks
 from hyperstate.distributed.save import CheckpointSave
-from hyperstate.errors import ConvertError, StorageError, format_int
+from hyperstate.errors import ConvertError, StateError, StorageError, format_int
 from hyperstate.ron import Some, Struct, TupleStruct
 from hyperstate.serde import did_you_mean, encode_plain
 from hyperstate.storage import (
@@ -75,6 +76,7 @@ __all__ = [
     "children",
     "detect_format",
     "export",
+    "export_dcp",
     "export_format",
     "export_safetensors",
     "export_torch",
@@ -100,12 +102,15 @@ Format = Literal["hyperstate", "dcp", "torch", "safetensors"]
 
 Segment = str | int
 
-EXPORT_FORMATS: dict[str, Literal["safetensors", "torch"]] = {
+ExportFormat = Literal["safetensors", "torch", "dcp"]
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
     ".safetensors": "safetensors",
     ".pt": "torch",
     ".pth": "torch",
     ".bin": "torch",
     ".ckpt": "torch",
+    ".dcp": "dcp",
 }
 """The file name endings an export understands, and the format each one means."""
 """A step into a value tree: a struct field or string map key, or a list index or int key."""
@@ -1034,7 +1039,6 @@ def read_dcp(path: str) -> dict[str, Any]:
     Raises:
         ConvertError: anything wrong with the directory, its metadata or its files.
     """
-    import torch
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
     from torch.distributed.checkpoint._traverse import set_element
     from torch.distributed.checkpoint.api import CheckpointException
@@ -1042,6 +1046,8 @@ def read_dcp(path: str) -> dict[str, Any]:
     from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    from hyperstate.distributed.dcp import load_value
 
     fs, fs_path = _fs.url_to_fs(path)
     local = _fs.is_local(fs)
@@ -1084,16 +1090,14 @@ def read_dcp(path: str) -> dict[str, Any]:
 
     class SafePlanner(_EmptyStateDictLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-            # What the base class does, with weights_only: its own torch.load would
-            # unpickle the file's bytes without it, and so run code they name.
-            try:
-                obj = torch.load(value, weights_only=True)
-            except pickle.UnpicklingError as e:
-                fqn = _shown(read_item.dest_index.fqn)
-                raise ConvertError(
-                    f"{path}: value {fqn} refused by weights_only ({_message(e)})"
-                ) from None
+            # What the base class does, with weights_only (load_value, shared with the
+            # DCP storage writer): its own torch.load would unpickle the file's bytes
+            # without it, and so run code they name.
             fqn = read_item.dest_index.fqn
+            try:
+                obj = load_value(value, fqn)
+            except StateError as e:
+                raise ConvertError(f"{path}: {e}") from None
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[fqn], obj)
             else:
@@ -1278,11 +1282,11 @@ def export_safetensors(
     return [ref.key for ref in refs]
 
 
-def export_format(dst: str | os.PathLike[str]) -> Literal["safetensors", "torch"]:
+def export_format(dst: str | os.PathLike[str]) -> ExportFormat:
     """The format an export to ``dst`` writes, from the end of its name.
 
-    >>> export_format("model.safetensors"), export_format("model.pt")
-    ('safetensors', 'torch')
+    >>> export_format("model.safetensors"), export_format("model.pt"), export_format("ckpt.dcp/")
+    ('safetensors', 'torch', 'dcp')
 
     Raises:
         ConvertError: an ending that names no format (the message lists them).
@@ -1294,9 +1298,8 @@ def export_format(dst: str | os.PathLike[str]) -> Literal["safetensors", "torch"
         by_format: dict[str, list[str]] = {}
         for known, f in EXPORT_FORMATS.items():
             by_format.setdefault(f, []).append(known)
-        listed = "; ".join(
-            f"{', '.join(e)} ({'torch.save' if f == 'torch' else f})" for f, e in by_format.items()
-        )
+        named = {"torch": "torch.save", "dcp": "a torch.distributed.checkpoint directory"}
+        listed = "; ".join(f"{', '.join(e)} ({named.get(f, f)})" for f, e in by_format.items())
         found = f"'{ending}'" if ending else "no ending"
         raise ConvertError(
             f"{name}: expected a file name that says the format to write: {listed}; found {found}"
@@ -1308,9 +1311,13 @@ def export(
     checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], *, select: str | None = None
 ) -> list[str]:
     """Export a checkpoint directory to ``dst`` in the format its name says
-    (:func:`export_format`): :func:`export_safetensors` or :func:`export_torch`."""
-    if export_format(dst) == "torch":
+    (:func:`export_format`): :func:`export_safetensors`, :func:`export_torch` or
+    :func:`export_dcp`."""
+    fmt = export_format(dst)
+    if fmt == "torch":
         return export_torch(checkpoint, dst, select=select)
+    if fmt == "dcp":
+        return export_dcp(checkpoint, dst, select=select)
     return export_safetensors(checkpoint, dst, select=select)
 
 
@@ -1346,6 +1353,54 @@ def export_torch(
         with contextlib.suppress(OSError):
             fs.rm(fs_path)  # no half-written file that looks like an export
         raise
+    return names
+
+
+def export_dcp(
+    checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], *, select: str | None = None
+) -> list[str]:
+    """Write the state of a checkpoint directory as a standard ``torch.distributed.checkpoint``
+    directory (``.metadata`` and ``__0_0.distcp``, by DCP's own ``FileSystemWriter``, or
+    its fsspec writer for a URL); return the names of the tensors in it.
+
+    The state dict is the one :func:`export_torch` writes (structs and maps as dicts, a
+    module's or optimizer's state as its state dict, sharded tensors whole), so a plain
+    ``dcp.load(state_dict, checkpoint_id=dst)`` loads it, resharding as DCP does; with
+    ``select`` (``"model"``) it holds that subtree only. Every tensor read is checked
+    against its checksum. This writes DCP's format, a pickled ``.metadata`` among it: load
+    only directories you trust with DCP's own reader (``hyperstate convert`` imports one
+    without unpickling anything but DCP's records).
+
+    Raises:
+        ConvertError: ``dst`` holds a DCP checkpoint already, or DCP failed to write.
+    """
+    import warnings
+
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.distributed.checkpoint.state_dict_saver import save
+
+    url = os.fspath(dst).rstrip("/") or os.fspath(dst)
+    fs, fs_path = _fs.url_to_fs(url)
+    if fs.exists(f"{fs_path.rstrip('/')}/.metadata"):
+        raise ConvertError(f"{url}: expected a new directory, found a DCP checkpoint there")
+    directory, _, tree, base = _state_tree(checkpoint, select)
+    names: list[str] = []
+    readers: dict[str, BlobReader] = {}
+    value = _as_python(tree, base, directory, readers, names)
+    if not isinstance(value, dict):  # one tensor or value: named by its field, as in a file
+        value = {dotted_name(base[-1:]) or "value": value}
+    local = _fs.is_local(fs)
+    writer = FileSystemWriter(fs_path) if local else FsspecWriter(url)
+    try:
+        with warnings.catch_warnings():
+            # DCP warns that with no process group it saves from one process: as meant.
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            save(value, storage_writer=writer, no_dist=True)
+    except CheckpointException as e:
+        inner = next(iter(e.failures.values()))[0] if e.failures else e
+        raise ConvertError(f"{url}: {_reason(inner)}") from None
     return names
 
 
