@@ -42,6 +42,7 @@ from hyperstate.configs import dumps, load, load_text, loads
 from hyperstate.distributed.collectives import Ranks
 from hyperstate.distributed.restore import Corrupt, Found, decode_everywhere, find
 from hyperstate.distributed.save import CheckpointSave
+from hyperstate.distributed.shared_storage import check_shared_storage
 from hyperstate.edits import apply_edit, apply_edit_requests
 from hyperstate.errors import ConfigError, HyperstateError, Issue, Preempted
 from hyperstate.scheduled import ParamGroupBinding, check_schedule_fields, update_schedules
@@ -130,6 +131,8 @@ class StateManager(Generic[C, S]):
         checkpoint_dir: where checkpoints go (any fsspec URL). If it holds a committed
             checkpoint, the run resumes from the newest one: config and state from the
             checkpoint, ``overrides`` applied on top (and recorded in later checkpoints).
+            Under ``torchrun`` it must be storage that every rank sees: the manager
+            checks that when it opens, and raises a ``StorageError`` on every rank if not.
         checkpoint_key: an integer state field (e.g. ``"step"``) that numbers checkpoints;
             by default the number of ``step()`` calls.
         overrides: ``"path=value"`` strings applied to the config.
@@ -224,6 +227,8 @@ class StateManager(Generic[C, S]):
             raise ValueError(f"per_rank must be 'error' or 'reinit', got {per_rank!r}")
         self.per_rank = per_rank
         self.ranks = Ranks(collective_timeout)
+        if self.store is not None:  # before anything is written: every rank sees it
+            check_shared_storage(self.ranks, self.store.url)
         self.save_on_close = save_on_close
         self.handle_signals = handle_signals
         self._log_events = log_every_rank or self.ranks.is_coordinator
