@@ -23,7 +23,8 @@ from dist_jobs.launch import Rank, launch
 import hyperstate
 from hyperstate import PerRank, ron
 from hyperstate.edits import request_edit
-from hyperstate.storage import CheckpointStore
+from hyperstate.storage import CheckpointStore, blob_file
+from hyperstate.tensors import BlobReader, codec
 
 ROOT = Path(__file__).resolve().parent.parent
 FSDP_JOB = Path(__file__).resolve().parent / "dist_jobs" / "fsdp_job.py"
@@ -105,7 +106,9 @@ def _table_ranges(checkpoint: Path) -> dict[str, set[tuple[int, int]]]:
 
 
 def test_fsdp2_model_and_optimizer_reshard(tmp_path: Path) -> None:
-    """fully_shard parameters and Adam moments (DTensors) saved by 2 ranks, resumed by 4."""
+    """fully_shard parameters and Adam moments (DTensors) saved by 2 ranks, resumed by 4;
+    then the same checkpoint with its shards listed one by one (the record of earlier
+    releases, and of irregular layouts) resumed by 2."""
     run = str(tmp_path / "run")
     saved = ok(launch(2, run, "steps=2", script=FSDP_JOB))[0]["final"]
     results = ok(launch(4, run, "steps=4", script=FSDP_JOB))
@@ -115,10 +118,69 @@ def test_fsdp2_model_and_optimizer_reshard(tmp_path: Path) -> None:
         assert r["final"] == results[0]["final"] != saved  # and Adam steps on them
     info = CheckpointStore(run).latest()
     assert info is not None and info.number == 4
-    state = ron.loads((Path(info.path) / "state.ron").read_text())
+    state_ron = Path(info.path) / "state.ron"
+    state = ron.loads(state_ron.read_text())
     moments = state.fields["optimizer"].fields["state"]["state"][0]["exp_avg"]
-    # The (5, 6) weight's moments, sharded by rows over 4 ranks as FSDP2 lays them out.
-    assert [s.fields["at"] for s in moments.fields["shards"]] == [(0, 0), (2, 0), (4, 0)]
+    # The (5, 6) weight's moments, sharded by rows over 4 ranks as FSDP2 lays them out:
+    # 2 + 2 + 1 + 0 rows, one record; each rank's file holds its rows and their checksum.
+    grid = moments.fields["shards"]
+    assert (grid.name, grid.fields["mesh"], grid.fields["dims"]) == ("Grid", (4,), (0,))
+    key = grid.fields["key"]
+    rows = []
+    for rank in range(3):
+        with BlobReader(info.path, blob_file(rank)) as reader:
+            rows.append(reader.read(codec.ref_of(_entry(key, reader), ())).shape[0])
+    assert rows == [2, 2, 1]
+    assert not (Path(info.path) / blob_file(3)).exists()  # its shards are all empty
+    # FSDP2 keeps a shard as a view of padded storage (2 rows): only the shard is written.
+    weight = state.fields["model"].fields["state"]["0.weight"].fields["shards"]
+    with BlobReader(info.path, blob_file(2)) as reader:
+        assert reader.read(codec.ref_of(_entry(weight.fields["key"], reader), ())).shape == (1, 6)
+
+    listed = _list_every_grid(state, Path(info.path))
+    assert listed == 4 * 3  # 4 parameters, and their 2 moments each
+    state_ron.write_text(ron.dumps(state) + "\n")
+    again = ok(launch(2, run, "steps=6", script=FSDP_JOB))
+    for r in again:
+        assert r["resumed_from"] == 4
+        assert r["restored"] == results[0]["final"]
+
+
+def _entry(key: str, reader: BlobReader) -> ron.Struct:
+    """A reference record to entry ``key`` of ``reader``'s file, as its header has it,
+    with the checksum of the file's own table."""
+    from safetensors import safe_open
+
+    with safe_open(f"{reader.directory}/{reader.file}", "pt") as f:
+        shape = tuple(f.get_slice(key).get_shape())
+    fields = {"file": reader.file, "key": key, "dtype": "float32", "shape": shape}
+    return ron.Struct("Tensor", {**fields, "checksum": reader.checksum_of(key)})
+
+
+def _list_every_grid(tree: Any, checkpoint: Path) -> int:
+    """Rewrite each Grid record of ``tree`` as the listed Shard records it stands for;
+    return how many there were."""
+    if isinstance(tree, ron.Struct):
+        shards = tree.fields.get("shards")
+        if isinstance(shards, ron.Struct):
+            sharded = codec.sharded_of(tree, ())
+            assert sharded.grid is not None
+            listed = []
+            for rank, at, extent in sharded.grid.cells(sharded.shape):
+                file = blob_file(rank)
+                with BlobReader(checkpoint, file) as reader:
+                    checksum = reader.checksum_of(sharded.grid.key)
+                fields = {"file": file, "key": sharded.grid.key, "dtype": sharded.dtype}
+                fields |= {"shape": extent, "checksum": checksum}
+                listed.append(ron.Struct("Shard", {"at": at, **fields}))
+            tree.fields["shards"] = listed
+            return 1
+        return sum(_list_every_grid(v, checkpoint) for v in tree.fields.values())
+    if isinstance(tree, dict):
+        return sum(_list_every_grid(v, checkpoint) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return sum(_list_every_grid(v, checkpoint) for v in tree)
+    return 0
 
 
 def test_two_rank_checkpoint_layout(tmp_path: Path) -> None:
@@ -156,10 +218,17 @@ def test_two_rank_checkpoint_layout(tmp_path: Path) -> None:
     for f in files:
         with safe_open(str(Path(info.path) / f), "pt") as st:
             keys = st.keys()
-            stored += len([k for k in keys if not k.startswith(("table", "rng"))])
+            stored += len([k for k in keys if not k.startswith(("table", "rng", "__"))])
+            # Each rank's file holds its 5 rows of the table, and their checksum.
+            assert st.get_slice("table").get_shape() == [5, 3]
+            assert "__checksums__" in keys
     assert stored == len(refs)
-    shards = tree.fields["table"].fields["shards"]
-    assert [s.fields["at"] for s in shards] == [(0, 0), (5, 0)]
+    # The table's record is one Grid, whatever the number of ranks.
+    grid = tree.fields["table"].fields["shards"]
+    assert grid == ron.Struct(
+        "Grid",
+        {"mesh": (2,), "dims": (0,), "files": "blobs/rank-#####.safetensors", "key": "table"},
+    )
     assert len(tree.fields["rng"].fields["ranks"]) == 2
 
     tables = hyperstate.load(Tables, f"{info.path}/state.ron", ignore_extra_fields=True)

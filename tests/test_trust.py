@@ -167,6 +167,154 @@ def test_shards_that_tile_their_tensor_load_whole(tmp_path: Path) -> None:
     assert torch.equal(loaded.model["t"], torch.arange(4.0).repeat(3))
 
 
+# -- 3b. a Grid record is checked whole, and each shard against its file ----------------------
+
+
+def grid_files(tmp_path: Path, **kwargs: Any) -> Path:
+    """A state.ron whose tensor ``t`` (10 x 3) is a Grid over 4 ranks: 3 + 3 + 3 + 1 rows."""
+    from test_compact_shards import grid_state
+
+    return grid_state(tmp_path, torch.arange(30.0).reshape(10, 3), (4,), (0,), **kwargs)
+
+
+def edit_grid(state: Path, tensor: dict[str, Any], grid: dict[str, Any]) -> None:
+    from hyperstate import ron
+
+    tree = ron.loads(state.read_text())
+    record = tree.fields["t"]
+    record.fields.update(tensor)
+    record.fields["shards"].fields.update(grid)
+    state.write_text(ron.dumps(tree) + "\n")
+
+
+def entry_range(blob: Path, key: str) -> tuple[int, int]:
+    data = blob.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8 : 8 + length])[key]["data_offsets"]
+    return 8 + length + start, 8 + length + end
+
+
+@pytest.mark.parametrize(
+    ("tensor", "grid", "message"),
+    [
+        ({}, {"mesh": (0,)}, "expected mesh as a tuple of positive ints"),
+        ({}, {"mesh": (1 << 30,)}, "with at most 16777216 ranks"),
+        ({}, {"dims": (0, 1)}, "expected dims as one tensor dimension"),
+        ({}, {"dims": (2,)}, "expected dims as one tensor dimension"),
+        ({}, {"order": (1,)}, "expected order as a permutation"),
+        ({}, {"files": "../rank-#####.safetensors"}, r"'\.\.'|\.\."),
+        ({}, {"files": "/abs/rank-#.safetensors"}, "relative"),
+        ({}, {"files": "blobs/rank.safetensors"}, "one run of 1 to 12 '#'"),
+        ({}, {"files": "blobs/#/rank-#.safetensors"}, "one run of 1 to 12 '#'"),
+        ({}, {"key": ""}, "expected key as a non-empty string"),
+        ({}, {"extra": 1}, r"with field\(s\) extra"),
+        ({"dtype": "float99"}, {}, "expected a dtype name"),
+        ({"device": "meta"}, {}, "expected a device"),
+        ({"shape": (10, -3)}, {}, "non-negative ints"),
+    ],
+    ids=[
+        "empty mesh dim",
+        "too many ranks",
+        "dims per mesh dim",
+        "dim out of range",
+        "order",
+        "files outside",
+        "files absolute",
+        "files without rank",
+        "files with two ranks",
+        "no key",
+        "unknown field",
+        "dtype",
+        "device",
+        "negative shape",
+    ],
+)
+def test_a_malformed_grid_record_is_refused(
+    tmp_path: Path, tensor: dict[str, Any], grid: dict[str, Any], message: str
+) -> None:
+    state = grid_files(tmp_path)
+    edit_grid(state, tensor, grid)
+    with pytest.raises(hyperstate.ConfigError, match="malformed sharded tensor") as info:
+        hyperstate.load(GridTable, state)
+    assert re.search(message, str(info.value)) and "t" in str(info.value)
+
+
+@dataclass
+class GridTable:
+    t: torch.Tensor
+
+
+def test_a_grid_whose_files_do_not_follow_it_is_refused(tmp_path: Path) -> None:
+    """Each shard read must be an entry of exactly the rule's shape: a wrong rule, or a
+    shape that would overflow memory, fails on the first header, before any allocation."""
+    state = grid_files(tmp_path)
+    edit_grid(state, {}, {"mesh": (3,)})  # 4 + 4 + 2 rows: rank 0 holds 3
+    with pytest.raises(hyperstate.BlobError, match=r"expected F32 \[4, 3\].*found F32 \[3, 3\]"):
+        hyperstate.load(GridTable, state)
+    edit_grid(state, {"shape": (2**61, 3)}, {"mesh": (4,)})
+    with pytest.raises(hyperstate.BlobError, match=r"expected F32 \[576460752303423488, 3\]"):
+        hyperstate.load(GridTable, state)
+
+
+def test_a_grid_shard_that_is_missing_or_corrupt_is_an_error_naming_it(tmp_path: Path) -> None:
+    state = grid_files(tmp_path)
+    blob = tmp_path / "blobs" / "rank-00001.safetensors"
+    data = bytearray(blob.read_bytes())
+    start, _ = entry_range(blob, "t")
+    blob.write_bytes(bytes(data[:start]) + bytes([data[start] ^ 1]) + bytes(data[start + 1 :]))
+    with pytest.raises(hyperstate.BlobError, match=r"rank-00001.*'t'.*expected checksum") as info:
+        hyperstate.load(GridTable, state)
+    assert "corrupted" in str(info.value)
+    blob.write_bytes(bytes(data))
+    # The file's own table is checked too: a checksum that is not the entry's is a mismatch.
+    start, end = entry_range(blob, "__checksums__")
+    table = json.loads(data[start:end])
+    table["t"] = table["other"]
+    blob.write_bytes(bytes(data[:start]) + json.dumps(table, separators=(",", ":")).encode())
+    with pytest.raises(hyperstate.BlobError, match=r"rank-00001.*expected checksum"):
+        hyperstate.load(GridTable, state)
+    for bad, message in [
+        (b"[]".ljust(end - start), "found list"),
+        (b"{".ljust(end - start), "invalid JSON"),
+        (json.dumps({"nothing": table["t"]}).encode().ljust(end - start), "no entry of the file"),
+        (json.dumps({"t": "xxh3-64:0"}).encode().ljust(end - start), "'xxh3-64:0' for 't'"),
+    ]:
+        blob.write_bytes(bytes(data[:start]) + bad)
+        with pytest.raises(
+            hyperstate.BlobError, match=f"expected a table of entry checksums.*{message}"
+        ):
+            hyperstate.load(GridTable, state)
+    (tmp_path / "blobs" / "rank-00002.safetensors").unlink()
+    blob.write_bytes(bytes(data))
+    with pytest.raises(hyperstate.BlobError, match=r"rank-00002.*does not exist"):
+        hyperstate.load(GridTable, state)
+
+
+def test_a_grid_shard_without_a_table_is_checked_against_its_whole_file(tmp_path: Path) -> None:
+    """A file without its checksum table (as a record that lost its checksum) is not
+    unverified: COMMITTED's checksum of the whole file covers it, or it is refused."""
+    from hyperstate import _fs, ron
+    from hyperstate.tensors import BlobReader, codec
+
+    state = grid_files(tmp_path, checksums=False)
+    with pytest.raises(hyperstate.BlobError, match="expected a checksum in the record, found none"):
+        hyperstate.load(GridTable, state)
+    blobs = sorted((tmp_path / "blobs").iterdir())
+    sums = {f"blobs/{b.name}": _fs.checksum(b.read_bytes()) for b in blobs}
+    record = ron.loads(state.read_text()).fields["t"]
+
+    def reader_of(file: str) -> BlobReader:
+        return BlobReader(tmp_path, file, file_checksum=sums[file])
+
+    full = codec.read(record, ("t",), reader_of)
+    assert torch.equal(full, torch.arange(30.0).reshape(10, 3))
+    data = bytearray(blobs[3].read_bytes())
+    data[entry_range(blobs[3], "t")[0]] ^= 1
+    blobs[3].write_bytes(bytes(data))
+    with pytest.raises(hyperstate.BlobError, match="expected the file checksum"):
+        codec.read(record, ("t",), reader_of)
+
+
 # -- 5 and 12: a corrupt checkpoint is never loaded, and never blocks resume -------------------
 
 

@@ -19,7 +19,7 @@ from hyperstate.errors import HyperstateError, ValuePath, format_path
 from hyperstate.ron import Struct
 from hyperstate.tensors import codec
 from hyperstate.tensors.context import sending_tensors
-from hyperstate.tensors.safetensors import BlobWriter
+from hyperstate.tensors.safetensors import CHECKSUMS, BlobRef, BlobWriter
 from hyperstate.tensors.staging import Staging
 
 __all__ = ["BlobPlan", "Planned", "assign"]
@@ -31,7 +31,9 @@ class Planned:
 
     ``placement`` is ``"replicated"`` (the same on every rank: written once, by the rank
     the plan assigns), ``"sharded"`` (a ``DTensor``'s local shard: written by the rank
-    that owns it, at global offset ``at``) or ``"rank"`` (inside a ``PerRank`` value:
+    that owns it, at global offset ``at``, and listed in the record), ``"grid"`` (the
+    same, in a layout that a ``Grid`` record states whole: the record is complete when
+    planned, and nobody reports the shard) or ``"rank"`` (inside a ``PerRank`` value:
     written by this rank). Tensors that share storage have the same ``group``.
     """
 
@@ -48,12 +50,36 @@ class Planned:
         """What must be the same on every rank for the plan to be valid."""
         shape = self.node.fields.get("shape", ())
         dtype = self.node.fields.get("dtype", "")
-        return f"{key_hint(self.where)}:{self.placement}:{dtype}:{shape}:{self.group}"
+        text = f"{key_hint(self.where)}:{self.placement}:{dtype}:{shape}:{self.group}"
+        if self.placement == "grid":  # the ranks must agree on the rule too
+            text += f":{self.node.fields['shards']!r}"
+        return text
 
 
 def key_hint(where: ValuePath) -> str:
     """The blob entry name of the tensor at ``where`` (made unique by the writer)."""
     return ".".join(str(p) for p in where) or "value"
+
+
+_RESERVED = frozenset({"__metadata__", CHECKSUMS})  # names a blob writer never gives
+
+
+def _list_shards(item: Planned) -> None:
+    """Record ``item``'s shards one by one after all (its Grid's entry name is taken)."""
+    if item.placement == "grid":
+        item.placement = "sharded"
+        item.node.fields["shards"] = []
+
+
+def _check_grid_entry(item: Planned, ref: BlobRef) -> None:
+    """The entry a grid shard was written to is the one its record names."""
+    extent = tuple(int(n) for n in item.value.shape)
+    if ref.key != key_hint(item.where) or ref.stride is not None or ref.shape != extent:
+        raise HyperstateError(
+            f"{format_path(item.where)}: expected its shard written as entry "
+            f"{key_hint(item.where)!r} of shape {extent}, found {ref.key!r} of shape "
+            f"{ref.shape} (stride {ref.stride}); a bug: please report it"
+        )
 
 
 def assign(items: Sequence[Planned], rank: int, world_size: int) -> list[int]:
@@ -93,10 +119,20 @@ class BlobPlan:
     ranks, and (on the rank that writes ``state.ron``) passes them all to :meth:`fill`.
     """
 
-    def __init__(self, directory: str, file: str, staging: Staging | None = None) -> None:
+    def __init__(
+        self,
+        directory: str,
+        file: str,
+        staging: Staging | None = None,
+        *,
+        files: str | None = None,
+    ) -> None:
         self.directory = directory
         self.file = file
         self.staging = staging
+        # The pattern of every rank's blob file (``file`` is this rank's): with it, a
+        # DTensor laid out by a rule is one Grid record, otherwise its shards are listed.
+        self.files = files
         self.items: list[Planned] = []
         self.file_size = 0
         self.file_checksum = ""
@@ -104,6 +140,8 @@ class BlobPlan:
         self._per_rank: list[Struct] = []
         self._storages: dict[tuple[Any, ...], int] = {}
         self._written: list[int] = []
+        self._hints: dict[str, int] = {}  # entry name -> the first item that has it
+        self._meshes: dict[int, tuple[Any, bool]] = {}  # for plan_dtensor
         self._versions: dict[int, int] = {}  # kept, to stage later: version counters
 
     def encode(self, encode: Callable[[], Any]) -> Any:
@@ -121,7 +159,18 @@ class BlobPlan:
         if kind == "numpy":
             return self._append(Planned(Struct(name, {}), obj, where, placement, obj.nbytes, index))
         if type(obj).__name__ == "DTensor":
-            part = plan_dtensor(obj, where, placement)
+            hint = key_hint(where)
+            # A Grid names one entry in every rank's file: its name must be the one the
+            # writer gives it in each (free: no other tensor of the state has it).
+            free = hint.isprintable() and hint not in _RESERVED and hint not in self._hints
+            part = plan_dtensor(
+                obj,
+                where,
+                placement,
+                key=hint if free else None,
+                files=self.files,
+                meshes=self._meshes,
+            )
             nbytes = int(part.local.numel() * part.local.element_size())
             return self._append(
                 Planned(
@@ -142,6 +191,9 @@ class BlobPlan:
         return self._append(Planned(Struct(name, {}), obj, where, placement, nbytes, group))
 
     def _append(self, item: Planned) -> Struct:
+        first = self._hints.setdefault(key_hint(item.where), len(self.items))
+        if first != len(self.items):
+            _list_shards(self.items[first])  # its Grid would name an entry taken
         self.items.append(item)
         return item.node
 
@@ -224,15 +276,26 @@ class BlobPlan:
 
     def _write(self, records: dict[int, Struct]) -> None:
         if self._written:
-            writer = BlobWriter(self.directory, self.file)
+            # Grid shards first, each an entry of its own: the writer gives each its name
+            # before any other tensor could take it. Their checksums go in the file.
+            grid = [i for i in self._written if self.items[i].placement == "grid"]
+            rest = [i for i in self._written if self.items[i].placement != "grid"]
+            writer = BlobWriter(self.directory, self.file, checksums=bool(grid))
             added = [
-                (i, writer.add(key_hint(self.items[i].where), self.items[i].value))
-                for i in self._written
+                (i, writer.add(key_hint(self.items[i].where), self.items[i].value, exact=True))
+                for i in grid
+            ]
+            added += [
+                (i, writer.add(key_hint(self.items[i].where), self.items[i].value)) for i in rest
             ]
             # Refs come back in the order of add(); keys are not unique (a tensor and a
             # view of it share their storage's entry).
             for (i, _), ref in zip(added, writer.write(), strict=True):
                 item = self.items[i]
+                if item.placement == "grid":
+                    _check_grid_entry(item, ref)
+                    item.value = None
+                    continue
                 fields = codec.record_fields(ref)
                 if item.placement == "sharded":
                     records[i] = Struct("Shard", {"at": item.at, **fields})

@@ -27,6 +27,7 @@ from hyperstate.distributed.collectives import Ranks
 from hyperstate.distributed.plan import BlobPlan, assign
 from hyperstate.errors import HyperstateError
 from hyperstate.storage import (
+    BLOB_FILES,
     STATE_FILE,
     CheckpointInfo,
     CheckpointStore,
@@ -85,7 +86,7 @@ class CheckpointSave:
             if ranks.is_coordinator:
                 self._pending = store.begin(self.number)
             plan = self._plan = BlobPlan(
-                store.path(self.number), blob_file(ranks.rank), self.staging
+                store.path(self.number), blob_file(ranks.rank), self.staging, files=BLOB_FILES
             )
             self.tree = plan.encode(encode)
             # Only another rank could disagree: one rank skips the digest of 10^4 names.
@@ -146,8 +147,6 @@ class CheckpointSave:
             return ron.dumps(written).encode()
 
         def commit() -> bytes:
-            if not ranks.is_coordinator:
-                return b""
             results = [ron.loads(w.decode(), path="<blob records>") for w in written]
             plan.fill([r["records"] for r in results])
             plan.set_per_rank([r["per_rank"] for r in results])
@@ -155,9 +154,9 @@ class CheckpointSave:
                 pending.write_file(name, data)
             for rank, result in enumerate(results):
                 if "size" in result:
-                    pending.record(
-                        blob_file(rank), size=result["size"], checksum=result["checksum"]
-                    )
+                    # BlobWriter fsync'd the file and its directory before the rank replied.
+                    size, checksum = result["size"], result["checksum"]
+                    pending.record(blob_file(rank), size=size, checksum=checksum, synced=True)
             pending.write_file(STATE_FILE, (ron.dumps(self.tree) + "\n").encode("utf-8"))
             hosts = [str(r["host"]) for r in results if "host" in r]
             run = RunInfo.of_this_process(
@@ -168,7 +167,11 @@ class CheckpointSave:
         try:
             context = self.context
             written = ranks.run("write blobs", write, background=background, context=context)
-            manifest = ranks.run("commit", commit, background=background, context=context)[0]
+            # Only rank 0 commits; the others get COMMITTED (O(ranks) bytes) by broadcast,
+            # not by an all-gather that would pad every rank's empty reply to its size.
+            manifest = ranks.run_on_coordinator(
+                "commit", commit, background=background, context=context
+            )
         except BaseException:
             self.abort()
             raise

@@ -8,7 +8,12 @@ A tensor or array in a state is written as one of three records:
 * a 0-d tensor written inline as text, ``Tensor(dtype: "int64", value: 12)``, so that step
   counters stay readable and editable;
 * a tensor saved in shards by several ranks, ``Tensor(dtype: ..., shape: ..., shards:
-  [Shard(at: (0, 0), file: ..., key: ..., ...), ...])``, each shard at its global offset.
+  [Shard(at: (0, 0), file: ..., key: ..., ...), ...])``, each shard at its global offset;
+* the same, for a layout that follows a rule, as one record whatever the number of ranks:
+  ``Tensor(dtype: ..., shape: ..., shards: Grid(mesh: (64, 8), dims: (0, 1), files:
+  "blobs/rank-#####.safetensors", key: ...))``: the ranks of a mesh cut the tensor as
+  ``torch.chunk`` does (see :class:`Grid`), and each shard's checksum is in its blob
+  file's own table (:data:`~hyperstate.tensors.safetensors.CHECKSUMS`).
 
 This module turns those records into :class:`~hyperstate.tensors.safetensors.BlobRef` s and
 tensors and back, and checks each record before anything is read: the loader, ``convert``
@@ -18,11 +23,14 @@ and the ``hyperstate`` command all read tensors through it.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from hyperstate import _fs
 from hyperstate.errors import ConfigError, Issue, StateError, ValuePath, format_path
 from hyperstate.ron import Struct
 from hyperstate.serde import describe
@@ -39,14 +47,17 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "Grid",
     "Shard",
     "Sharded",
     "assemble",
     "inline_record",
     "inline_tensor",
     "is_record",
+    "rank_file",
     "read",
     "read_entry",
+    "read_parts",
     "record_fields",
     "ref_of",
     "sharded_of",
@@ -160,13 +171,136 @@ class Shard(NamedTuple):
     record: Struct
 
 
+# The most ranks a Grid may name; a mesh with more is refused before any work.
+_MAX_GRID_RANKS = 1 << 24
+_GRID_FIELDS = frozenset({"mesh", "dims", "order", "files", "key"})
+_RANK_RUN = re.compile(r"[^#]*#{1,12}[^#]*")
+
+
+def rank_file(files: str, rank: int) -> str:
+    """The file of ``rank`` in a file pattern: the one run of ``#`` is the rank, padded
+    with zeros to the run's length.
+
+    >>> rank_file("blobs/rank-#####.safetensors", 17)
+    'blobs/rank-00017.safetensors'
+    """
+    start = files.index("#")
+    rest = files[start:].lstrip("#")
+    return f"{files[:start]}{rank:0{len(files) - start - len(rest)}d}{rest}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular shard layout: the tensor cut by the dimensions of a mesh of ranks.
+
+    ``mesh`` is the mesh's shape; its ranks are numbered row-major (rank ``r`` is at the
+    coordinate ``r`` unravels to). Mesh dimension ``m`` cuts tensor dimension
+    ``dims[m]`` into ``mesh[m]`` chunks, or holds copies (``None``). The mesh dimensions
+    cut in ``order`` (default: ``0, 1, ...``), each cutting every piece made so far
+    along its tensor dimension as ``torch.chunk`` does: chunks of ``ceil(n / k)``, the
+    last ones smaller or empty. This is how a ``DTensor`` lays out ``Shard`` placements
+    (left to right, or, for FSDP2's ``_StridedShard``, right to left). The shard of a
+    set of copies is in the file of the one at coordinate 0 of the copying dimensions:
+    ``rank_file(files, rank)``, entry ``key``, of exactly the shard's dtype and shape.
+
+    >>> grid = Grid((2, 2), (0, None), (0, 1), "blobs/rank-#####.safetensors", "w")
+    >>> grid.cells((5, 3))  # rows 0-2 in rank 0's file, 3-4 in rank 2's (ranks 1, 3: copies)
+    [(0, (0, 0), (3, 3)), (2, (3, 0), (2, 3))]
+    >>> grid.cells((5, 3), lo=(3, 0), hi=(4, 3))  # only the cells overlapping a box
+    [(2, (3, 0), (2, 3))]
+    """
+
+    mesh: tuple[int, ...]
+    dims: tuple[int | None, ...]
+    order: tuple[int, ...]
+    files: str
+    key: str
+
+    def record(self) -> Struct:
+        """The ``Grid(...)`` record (``order`` only when it is not the default)."""
+        fields: dict[str, Any] = {"mesh": self.mesh, "dims": self.dims}
+        if self.order != tuple(range(len(self.mesh))):
+            fields["order"] = self.order
+        fields["files"] = self.files
+        fields["key"] = self.key
+        return Struct("Grid", fields)
+
+    def box(
+        self, shape: tuple[int, ...], coordinate: list[int] | tuple[int, ...]
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The global offset and shape of the shard of the rank at mesh ``coordinate``
+        (an empty one starts where its piece ends).
+
+        >>> Grid((4,), (0,), (0,), "f-#", "w").box((5, 3), [3])
+        ((5, 0), (0, 3))
+        """
+        at, extent = [], []
+        for d, n in enumerate(shape):
+            a, b = 0, n
+            for m in self.order:
+                if self.dims[m] == d:
+                    chunk = -(-(b - a) // self.mesh[m])
+                    a = min(a + coordinate[m] * chunk, b)
+                    b = min(a + chunk, b)
+            at.append(a)
+            extent.append(b - a)
+        return tuple(at), tuple(extent)
+
+    def cells(
+        self,
+        shape: tuple[int, ...],
+        lo: tuple[int, ...] | None = None,
+        hi: tuple[int, ...] | None = None,
+    ) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
+        """The non-empty shards of a tensor of ``shape`` that overlap the box ``[lo,
+        hi)`` (all of them without a box), as (rank, global offset, shape).
+
+        The chunks that overlap a box are found by division, not by visiting every rank:
+        a resume with the same layout costs one cell per tensor, not one per rank.
+        """
+        # Per tensor dimension: (mesh coordinates so far, start, stop) of its pieces.
+        per_dim: list[list[tuple[tuple[tuple[int, int], ...], int, int]]] = []
+        for d, n in enumerate(shape):
+            low, high = (0, n) if lo is None or hi is None else (lo[d], hi[d])
+            pieces: list[tuple[tuple[tuple[int, int], ...], int, int]] = [((), 0, n)]
+            for m in self.order:
+                if self.dims[m] != d:
+                    continue
+                k = self.mesh[m]
+                cut = []
+                for coords, a, b in pieces:
+                    chunk = -(-(b - a) // k)
+                    if chunk == 0:
+                        continue
+                    first = max(0, (low - a) // chunk)
+                    last = min(k - 1, (high - 1 - a) // chunk)
+                    for i in range(first, last + 1):
+                        start = a + i * chunk
+                        stop = min(start + chunk, b)
+                        if start < stop and start < high and stop > low:
+                            cut.append(((*coords, (m, i)), start, stop))
+                pieces = cut
+            per_dim.append([p for p in pieces if p[1] < p[2] and p[1] < high and p[2] > low])
+        strides = [math.prod(self.mesh[m + 1 :]) for m in range(len(self.mesh))]
+        out = []
+        for combo in itertools.product(*per_dim):
+            rank = sum(strides[m] * i for coords, _, _ in combo for m, i in coords)
+            at = tuple(start for _, start, _ in combo)
+            extent = tuple(stop - start for _, start, stop in combo)
+            out.append((rank, at, extent))
+        return out
+
+
 @dataclass(frozen=True)
 class Sharded:
-    """A checked sharded record: the global tensor and its shards, which tile it exactly."""
+    """A checked sharded record: the global tensor and its shards, which tile it exactly
+    (listed one by one in ``shards``, or given by the rule ``grid``)."""
 
     dtype: str
     shape: tuple[int, ...]
     shards: tuple[Shard, ...]
+    grid: Grid | None = None
+    device: str = "cpu"
 
     def shard_where(self, where: ValuePath, i: int) -> ValuePath:
         """The value path of shard ``i``'s record, for messages."""
@@ -185,13 +319,18 @@ _MAX_GRID_CELLS = 1 << 22
 
 
 def sharded_of(record: Struct, where: ValuePath) -> Sharded:
-    """The checked shards of a ``Tensor(dtype, shape, shards: [...])`` record.
+    """The checked shards of a ``Tensor(dtype, shape, shards: [...])`` record, or of
+    ``Tensor(dtype, shape, shards: Grid(...))``.
 
-    The shards must tile the global shape exactly: each inside its bounds, none
+    Listed shards must tile the global shape exactly: each inside its bounds, none
     overlapping another, no element left out. This is checked on the records alone,
-    before anything is read or allocated.
+    before anything is read or allocated. A grid tiles it by construction; its record is
+    checked whole (every field, the mesh's size bounded, the file pattern inside the
+    checkpoint), and each shard read must be an entry of exactly its dtype and shape.
     """
     fields = record.fields
+    if type(fields.get("shards")) is Struct:
+        return _grid_of(record, where)
     try:
         shape = _dims(fields["shape"], "shape")
         dtype = fields["dtype"]
@@ -216,6 +355,61 @@ def sharded_of(record: Struct, where: ValuePath) -> Sharded:
     if problem is not None:
         raise StateError(f"{format_path(where)}: the shards of a {shape} tensor {problem}")
     return Sharded(dtype, shape, tuple(shards))
+
+
+def _grid_of(record: Struct, where: ValuePath) -> Sharded:
+    fields = record.fields
+    grid = fields["shards"]
+    try:
+        shape = _dims(fields.get("shape"), "shape")
+        dtype = fields.get("dtype")
+        if not isinstance(dtype, str) or torch_dtype(dtype) is None:
+            raise ValueError(f"expected a dtype name, found {dtype!r}")
+        device = fields.get("device", "cpu")
+        if not is_device_name(device):
+            raise ValueError(f"expected a device such as 'cpu' or 'cuda:0', found {device!r}")
+        if grid.name != "Grid" or not _GRID_FIELDS.issuperset(grid.fields):
+            unknown = sorted(set(grid.fields) - _GRID_FIELDS)
+            raise ValueError(
+                f"expected shards: Grid(mesh, dims, [order,] files, key), found {grid.name}"
+                + (f" with field(s) {', '.join(unknown)}" if unknown else "")
+            )
+        g = grid.fields
+        mesh = _dims(g.get("mesh"), "mesh")
+        if not mesh or 0 in mesh or math.prod(mesh) > _MAX_GRID_RANKS:
+            raise ValueError(
+                f"expected mesh as a tuple of positive ints with at most {_MAX_GRID_RANKS} "
+                f"ranks in all, found {mesh!r}"
+            )
+        dims = g.get("dims")
+        if (
+            type(dims) not in (tuple, list)
+            or len(dims) != len(mesh)
+            or not all(d is None or (type(d) is int and 0 <= d < len(shape)) for d in dims)
+        ):
+            raise ValueError(
+                f"expected dims as one tensor dimension (0 to {len(shape) - 1}) or None per "
+                f"mesh dimension, found {dims!r}"
+            )
+        order = g.get("order", tuple(range(len(mesh))))
+        if (
+            type(order) not in (tuple, list)
+            or not all(type(m) is int for m in order)
+            or sorted(order) != list(range(len(mesh)))
+        ):
+            raise ValueError(f"expected order as a permutation of the mesh dims, found {order!r}")
+        files, key = g.get("files"), g.get("key")
+        if not isinstance(files, str) or _RANK_RUN.fullmatch(files) is None:
+            raise ValueError(
+                f"expected files as a path with one run of 1 to 12 '#' (the rank), found {files!r}"
+            )
+        _fs.check_relpath(rank_file(files, 0))
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"expected key as a non-empty string, found {key!r}")
+    except (TypeError, ValueError) as e:
+        raise ConfigError([Issue(where, f"malformed sharded tensor: {e}")]) from None
+    rule = Grid(mesh, tuple(dims), tuple(order), files, key)
+    return Sharded(dtype, shape, (), rule, device)
 
 
 def _dims(value: Any, what: str) -> tuple[int, ...]:
@@ -275,6 +469,48 @@ def assemble(sharded: Sharded, parts: list[tuple[tuple[int, ...], Any]]) -> torc
     return whole
 
 
+def read_parts(
+    sharded: Sharded,
+    where: ValuePath,
+    reader_of: ReaderOf,
+    map_location: Any = None,
+    lo: tuple[int, ...] | None = None,
+    hi: tuple[int, ...] | None = None,
+) -> list[tuple[tuple[int, ...], Any]]:
+    """The (global offset, tensor) parts of ``sharded`` that overlap the box ``[lo,
+    hi)`` (all of them without a box), read and verified; only those are read."""
+    out = []
+    if sharded.grid is None:
+        for i, shard in enumerate(sharded.shards):
+            if lo is not None and hi is not None and not _overlaps(shard, lo, hi):
+                continue
+            entry = read_entry(
+                sharded.shard_ref(i), sharded.shard_where(where, i), reader_of, map_location
+            )
+            out.append((shard.at, entry))
+        return out
+    grid = sharded.grid
+    for rank, at, extent in grid.cells(sharded.shape, lo, hi):
+        reader = reader_of(rank_file(grid.files, rank))
+        # The checksum from the file's own table; without one, the whole file's.
+        ref = BlobRef(
+            reader.file,
+            grid.key,
+            sharded.dtype,
+            extent,
+            checksum=reader.checksum_of(grid.key) if reader.verify else "",
+            device=sharded.device,
+        )
+        out.append((at, reader.read(ref, map_location=map_location)))
+    return out
+
+
+def _overlaps(shard: Shard, lo: tuple[int, ...], hi: tuple[int, ...]) -> bool:
+    return all(
+        a < h and a + n > low for a, n, low, h in zip(shard.at, shard.shape, lo, hi, strict=True)
+    )
+
+
 def read(record: Struct, where: ValuePath, reader_of: ReaderOf, map_location: Any = None) -> Any:
     """The whole tensor or array of any record: inline, a reference, or shards."""
     fields = record.fields
@@ -282,14 +518,5 @@ def read(record: Struct, where: ValuePath, reader_of: ReaderOf, map_location: An
         return inline_tensor(record, where, map_location)
     if "shards" in fields and "file" not in fields:
         sharded = sharded_of(record, where)
-        parts = [
-            (
-                shard.at,
-                read_entry(
-                    sharded.shard_ref(i), sharded.shard_where(where, i), reader_of, map_location
-                ),
-            )
-            for i, shard in enumerate(sharded.shards)
-        ]
-        return assemble(sharded, parts)
+        return assemble(sharded, read_parts(sharded, where, reader_of, map_location))
     return read_entry(record, where, reader_of, map_location)

@@ -381,18 +381,8 @@ def _decode_array(v: Struct, where: ValuePath) -> Any:
         def parts(
             lo: tuple[int, ...] | None = None, hi: tuple[int, ...] | None = None
         ) -> list[tuple[tuple[int, ...], Any]]:
-            out = []
-            for i, shard in enumerate(sharded.shards):
-                if lo is not None and hi is not None and not _overlaps(shard, lo, hi):
-                    continue  # read only the shards that overlap this rank's part
-                entry = codec.read_entry(
-                    sharded.shard_ref(i),
-                    sharded.shard_where(where, i),
-                    source.reader,
-                    source.map_location,
-                )
-                out.append((shard.at, entry))
-            return out
+            # Only the shards that overlap this rank's part are read.
+            return codec.read_parts(sharded, where, source.reader, source.map_location, lo, hi)
 
         if source.reshard is not None:
             fitted = source.reshard(initial_object(where), sharded.shape, parts, where)
@@ -406,12 +396,6 @@ def _decode_array(v: Struct, where: ValuePath) -> Any:
         if fitted is not None:
             return fitted
     return value
-
-
-def _overlaps(shard: codec.Shard, lo: tuple[int, ...], hi: tuple[int, ...]) -> bool:
-    return all(
-        a < h and a + n > low for a, n, low, h in zip(shard.at, shard.shape, lo, hi, strict=True)
-    )
 
 
 # ---------------------------------------------------------------------------------------

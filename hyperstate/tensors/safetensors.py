@@ -74,7 +74,12 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["BlobError", "BlobReader", "BlobRef", "BlobWriter", "checksum"]
+__all__ = ["CHECKSUMS", "BlobError", "BlobReader", "BlobRef", "BlobWriter", "checksum"]
+
+CHECKSUMS = "__checksums__"
+"""The entry, last in a blob file written with ``BlobWriter(checksums=True)``, that holds
+the file's own table of its entries' checksums: JSON text ``{"key": "xxh3-64:...", ...}``
+as ``uint8``. Written after the entries, once their checksums are known."""
 
 # safetensors refuses larger headers; so do we, before reading one.
 _MAX_HEADER = 100_000_000
@@ -287,9 +292,12 @@ class BlobWriter:
     ['xxh3-64:...']
     """
 
-    def __init__(self, directory: str | os.PathLike[str], file: str) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], file: str, *, checksums: bool = False
+    ) -> None:
         self.directory = os.fspath(directory)
         self.file = _check_relative(file)
+        self.checksums = checksums  # write the CHECKSUMS entry
         self.written_bytes = 0
         #: ``"xxh3-64:<hex>"`` of the whole file, once written.
         self.file_checksum = ""
@@ -303,19 +311,21 @@ class BlobWriter:
         self._solo: dict[tuple[Any, ...], int] = {}
         # Values deduplicated by id() must stay alive while their id is a key.
         self._keepalive: list[Any] = []
-        self._keys: set[str] = {"__metadata__"}
+        self._keys: set[str] = {"__metadata__", CHECKSUMS}
         # One tuple per distinct shape, shared by the refs: many tensors have the same.
         self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._written = False
         self._reserve: Callable[[int], None] | None = None  # allocates the local file
 
-    def add(self, key_hint: str, value: Any) -> BlobRef:
+    def add(self, key_hint: str, value: Any, *, exact: bool = False) -> BlobRef:
         """Register a ``torch.Tensor`` (any device) or ``numpy.ndarray`` for writing.
 
         Returns its ref, final except for the checksum, which :meth:`write` fills in.
         The entry key is ``key_hint``, with ``~1``, ``~2``... appended when taken. The
         same tensor (the same view of the same storage) added twice is stored once and
-        gets the same ref.
+        gets the same ref. With ``exact``, a tensor gets an entry of its own holding just
+        its elements (its dtype and shape, no stride), even when it is a view of a larger
+        storage or shares one: the ref's key and shape are then known before writing.
 
         Raises:
             TypeError: ``value`` is neither a tensor nor an array.
@@ -324,7 +334,7 @@ class BlobWriter:
         if self._written:
             raise BlobError("add() after write(): a writer writes its file once", self.file)
         if _is_tensor(value):
-            entry, ref = self._add_tensor(key_hint, value)
+            entry, ref = self._add_tensor(key_hint, value, exact)
         elif _is_ndarray(value):
             entry, ref = self._add_array(key_hint, value)
         else:
@@ -336,7 +346,7 @@ class BlobWriter:
         self._ref_entries.append(entry)
         return ref
 
-    def _add_tensor(self, hint: str, t: Any) -> tuple[int, BlobRef]:
+    def _add_tensor(self, hint: str, t: Any, exact: bool = False) -> tuple[int, BlobRef]:
         plain, strided = _plain_tensor_types()
         if type(t) not in plain or t.layout is not strided or t.is_quantized:
             raise BlobError(
@@ -356,6 +366,9 @@ class BlobWriter:
             device = str(t.device)
         shape = tuple(t.shape)
         shape = self._shapes.setdefault(shape, shape)
+        if exact:
+            solo = ("exact", len(self._refs))
+            return self._add_solo(solo, t, hint, dtype, shape, device, _TENSOR)
         numel = math.prod(shape)
         # Conjugate and negative views hold other values than their storage: they are
         # resolved when written, into an entry of their own. Only complex tensors have
@@ -559,8 +572,9 @@ class BlobWriter:
         whole = _fs.hasher()
         sizes = self._entries.nbytes
         types: dict[int, Any] = {}  # ctypes array types by size, for views of CPU memory
-        header = _header(self._entries, order)
-        size = len(header) + sum(sizes)
+        table = _table_size(self._entries, order) if self.checksums else 0
+        header = _header(self._entries, order, table)
+        size = len(header) + sum(sizes) + table
         if self._reserve is not None:
             self._reserve(size)
         batch: list[Any] = [header]
@@ -603,6 +617,12 @@ class BlobWriter:
                 flush(last)
             for i, future in pending:
                 sums[i] = future.result()
+        if table:  # after the entries: their checksums are known now
+            text = _table(self._entries, order, sums)
+            if len(text) != table:
+                raise BlobError(f"expected a {table}-byte {CHECKSUMS}, made {len(text)}", self.file)
+            whole.update(text)
+            write_batch([text], table)
         self.file_checksum = _fs.digest(whole)
         self.written_bytes = size
 
@@ -691,8 +711,24 @@ def _with_checksum(ref: BlobRef, checksum: str) -> BlobRef:
     )
 
 
-def _header(entries: _Entries, order: Sequence[int]) -> bytearray:
-    """The 8-byte header size and the JSON header, padded with spaces to 8 bytes.
+def _table_size(entries: _Entries, order: Sequence[int]) -> int:
+    """The bytes of the :data:`CHECKSUMS` entry that :func:`_table` makes (every checksum
+    has the same length, so it is known before any is computed)."""
+    quote = json.encoder.encode_basestring_ascii
+    item = len(_fs.checksum(b"")) + 3  # :"<checksum>"
+    return 1 + sum(len(quote(entries.first[i].key)) + item + 1 for i in order) if order else 2
+
+
+def _table(entries: _Entries, order: Sequence[int], sums: list[str]) -> bytes:
+    """The :data:`CHECKSUMS` entry: each entry's key and checksum, in file order."""
+    quote = json.encoder.encode_basestring_ascii
+    items = ",".join(f'{quote(entries.first[i].key)}:"{sums[i]}"' for i in order)
+    return ("{" + items + "}").encode("ascii")
+
+
+def _header(entries: _Entries, order: Sequence[int], table: int = 0) -> bytearray:
+    """The 8-byte header size and the JSON header, padded with spaces to 8 bytes; with a
+    :data:`CHECKSUMS` entry of ``table`` bytes after the others when ``table`` > 0.
 
     Built in one growing buffer: with many small tensors the header is a sizable part
     of what a save holds in memory, and joining pieces would hold it several times.
@@ -714,6 +750,9 @@ def _header(entries: _Entries, order: Sequence[int]) -> bytearray:
         end = position + sizes[i]
         out += f',{quote(first[i].key)}:{{{middle}"data_offsets":[{position},{end}]}}'.encode()
         position = end
+    if table:
+        out += f',"{CHECKSUMS}":{{"dtype":"U8","shape":[{table}],'.encode()
+        out += f'"data_offsets":[{position},{position + table}]}}'.encode()
     out += b"}"
     out += b" " * (-len(out) % 8)
     out[:8] = (len(out) - 8).to_bytes(8, "little")
@@ -767,7 +806,8 @@ def _tensor_bytes(t: Any) -> tuple[memoryview, bool]:
     t = t.detach()
     if t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg()
-    c = t.to(device="cpu", memory_format=torch.contiguous_format)
+    # On the CPU, to(memory_format=...) returns a strided view unchanged: contiguous() copies.
+    c = t.contiguous() if t.is_cpu else t.to(device="cpu", memory_format=torch.contiguous_format)
     copied = not t.is_cpu or c.data_ptr() != t.data_ptr()
     data: memoryview = c.reshape(-1).view(torch.uint8).numpy().data
     return data, copied
@@ -876,6 +916,7 @@ class BlobReader:
         self._view: memoryview | None = None  # of the whole mapping, for checksums
         self._fetched: dict[str, bytearray] = {}  # remote entries, by key
         self._digests: dict[str, str] = {}  # checksums computed so far, by key
+        self._sums: dict[str, str] | None = None  # the file's CHECKSUMS table, once read
         self._bases: dict[tuple[str, str], Any] = {}  # (key, device) -> entry's storage
         self._results: dict[tuple[Any, ...], Any] = {}
 
@@ -900,7 +941,7 @@ class BlobReader:
             # buffer export, so closing would unmap memory that tensors still use. The
             # mapping goes when the last tensor viewing it does.
             self._view = self._mmap = None
-            self._entries = self._text = None
+            self._entries = self._text = self._sums = None
 
     def keys(self) -> list[str]:
         """The entry names in the file, in file order."""
@@ -911,6 +952,57 @@ class BlobReader:
         """The file's ``__metadata__`` table (string to string)."""
         self._header()
         return dict(self._metadata)
+
+    def checksum_of(self, key: str) -> str:
+        """The checksum of entry ``key`` in the file's own :data:`CHECKSUMS` table; ``""``
+        when the file has no table (a ref made with it is then checked against the whole
+        file's checksum) or the table does not list ``key``.
+
+        The table is read once, bounded by the header's limit, and checked whole: JSON
+        mapping entries of this file to checksums. It only says what bytes an entry must
+        hash to; which bytes, their dtype and shape come from the header and the ref.
+
+        Raises:
+            BlobError: the table is malformed.
+        """
+        with self._lock:
+            sums = self._sums
+            if sums is None:
+                sums = self._sums = self._read_sums()
+            return sums.get(key, "")
+
+    def _read_sums(self) -> dict[str, str]:
+        entries = self._header()
+        info = entries.get(CHECKSUMS)
+        if info is None:
+            return {}
+
+        def bad(found: str) -> BlobError:
+            return BlobError(
+                f"expected a table of entry checksums (JSON as uint8), found {found}",
+                self.file,
+                CHECKSUMS,
+            )
+
+        nbytes = info.end - info.start
+        if info.dtype != "uint8" or len(info.shape) != 1:
+            raise bad(f"an entry of {CODES[info.dtype]} {list(info.shape)}")
+        if nbytes > _MAX_HEADER:
+            raise bad(f"{nbytes} bytes (at most {_MAX_HEADER})")
+        buffer, start = self._buffer(CHECKSUMS, info)
+        try:
+            with _gc.paused():
+                sums = json.loads(bytes(memoryview(buffer)[start : start + nbytes]))
+        except (ValueError, RecursionError) as exc:
+            raise bad(f"invalid JSON ({exc})") from None
+        if not isinstance(sums, dict):
+            raise bad(type(sums).__name__)
+        for key, value in sums.items():
+            if key not in entries or key == CHECKSUMS:
+                raise bad(f"a checksum for {key!r}, which is no entry of the file")
+            if not _fs.is_checksum(value):
+                raise bad(f"{value!r} for {key!r}")
+        return sums
 
     def read(
         self, ref: BlobRef, map_location: str | torch.device | None = None
