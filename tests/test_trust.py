@@ -84,6 +84,7 @@ def test_resuming_never_deletes_a_save_in_progress_and_the_writer_cleans_its_own
     writer = edit_run(tmp_path)
     writer.state.step = 1
     writer.checkpoint()
+    writer.wait()  # its pruning and cleanup run in the background after the commit
     # Another process's save in progress (no COMMITTED yet), and a crashed one before it.
     in_progress = tmp_path / "step-000000000005"
     (in_progress / "blobs").mkdir(parents=True)
@@ -97,6 +98,7 @@ def test_resuming_never_deletes_a_save_in_progress_and_the_writer_cleans_its_own
     # The writer removes what its own commit made obsolete: older, uncommitted.
     writer.state.step = 3
     writer.checkpoint()
+    writer.wait()
     assert not abandoned.exists() and in_progress.exists()
     writer.close()
 

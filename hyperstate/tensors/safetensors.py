@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import ctypes
 import difflib
-import errno
 import functools
 import json
 import math
@@ -315,7 +314,6 @@ class BlobWriter:
         # One tuple per distinct shape, shared by the refs: many tensors have the same.
         self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._written = False
-        self._reserve: Callable[[int], None] | None = None  # allocates the local file
 
     def add(self, key_hint: str, value: Any, *, exact: bool = False) -> BlobRef:
         """Register a ``torch.Tensor`` (any device) or ``numpy.ndarray`` for writing.
@@ -531,7 +529,6 @@ class BlobWriter:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb", buffering=0) as f:
                     fd = f.fileno()
-                    self._reserve = functools.partial(_reserve, fd)
                     self._stream(functools.partial(_writev, fd), order, sums)
                     os.fsync(fd)
                 _fs.fsync_dir(os.path.dirname(path))
@@ -575,8 +572,6 @@ class BlobWriter:
         table = _table_size(self._entries, order) if self.checksums else 0
         header = _header(self._entries, order, table)
         size = len(header) + sum(sizes) + table
-        if self._reserve is not None:
-            self._reserve(size)
         batch: list[Any] = [header]
         batch_bytes = len(header)
         del header  # freed once written
@@ -757,18 +752,6 @@ def _header(entries: _Entries, order: Sequence[int], table: int = 0) -> bytearra
     out += b" " * (-len(out) % 8)
     out[:8] = (len(out) - 8).to_bytes(8, "little")
     return out
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Allocate the file's ``size`` bytes before writing them: the filesystem can lay the
-    file out in few extents (a save to ext4 is faster), and a full disk fails here, before
-    anything is written. Filesystems that cannot (``EOPNOTSUPP``) write as usual."""
-    if size and hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
 
 
 def _writev(fd: int, batch: list[Any], nbytes: int) -> None:
