@@ -105,7 +105,9 @@ def _table_ranges(checkpoint: Path) -> dict[str, set[tuple[int, int]]]:
     return ranges
 
 
-def test_fsdp2_model_and_optimizer_reshard(tmp_path: Path) -> None:
+def test_fsdp2_model_and_optimizer_reshard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """fully_shard parameters and Adam moments (DTensors) saved by 2 ranks, resumed by 4;
     then the same checkpoint with its shards listed one by one (the record of earlier
     releases, and of irregular layouts) resumed by 2."""
@@ -132,6 +134,18 @@ def test_fsdp2_model_and_optimizer_reshard(tmp_path: Path) -> None:
             rows.append(reader.read(codec.ref_of(_entry(key, reader), ())).shape[0])
     assert rows == [2, 2, 1]
     assert not (Path(info.path) / blob_file(3)).exists()  # its shards are all empty
+    # `hyperstate diff` compares Grid records by their shards' checksums (in the files).
+    from hyperstate.tools.cli import main
+
+    previous = CheckpointStore(run).get(3)
+    assert previous is not None
+    capsys.readouterr()
+    assert main(["diff", previous.path, info.path]) == 0
+    out = capsys.readouterr().out
+    assert "state.optimizer.state[0].exp_avg: Tensor float32[5, 6] 120 B, the bytes" in out
+    assert "the bytes of its shards differ" in out
+    assert main(["diff", info.path, info.path]) == 0
+    assert capsys.readouterr().out.strip() == "no differences"
     # FSDP2 keeps a shard as a view of padded storage (2 rows): only the shard is written.
     weight = state.fields["model"].fields["state"]["0.weight"].fields["shards"]
     with BlobReader(info.path, blob_file(2)) as reader:

@@ -28,6 +28,7 @@ a rejected edit), and on any error print one line, ``hyperstate <command>: error
 from __future__ import annotations
 
 import argparse
+import contextvars
 import importlib
 import io
 import json
@@ -963,7 +964,12 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         typed = defaults is not None and name in ("", "config")
         root = _Typed(defaults, _StructRef(defaults.root)) if typed and defaults else None
         tree_a, tree_b = _read_tree(a, url_a), _read_tree(b, url_b)
-        _diff(tree_a, tree_b, [name] if name else [], changes, root)
+        sums = {**_grid_sums(tree_a, a.directory), **_grid_sums(tree_b, b.directory)}
+        token = _SHARD_SUMS.set(sums)
+        try:
+            _diff(tree_a, tree_b, [name] if name else [], changes, root)
+        finally:
+            _SHARD_SUMS.reset(token)
     if args.values:
         readers: tuple[dict[str, BlobReader], dict[str, BlobReader]] = ({}, {})
         for c in changes:
@@ -1261,8 +1267,51 @@ def _sequence(node: Any) -> bool:
     return type(node) in (list, tuple, ron.TupleStruct)
 
 
+# The checksums of the shards of each Grid record in the trees being compared, by id():
+# a Grid record names no checksum, each rank's blob file lists its own.
+_SHARD_SUMS: contextvars.ContextVar[dict[int, tuple[str, ...]] | None] = contextvars.ContextVar(
+    "hyperstate_shard_sums", default=None
+)
+
+
+def _grid_sums(tree: Any, directory: str | None) -> dict[int, tuple[str, ...]]:
+    """The shard checksums of every ``shards: Grid(...)`` record in ``tree``, by id(),
+    from the checksum tables of the rank files in ``directory`` (checked as a load
+    checks them). A shard whose file lists no checksum gets a value that equals no other,
+    so the tensor shows as changed rather than unchanged unseen."""
+    from hyperstate.ron import Struct
+    from hyperstate.tensors import codec
+    from hyperstate.tensors.safetensors import BlobReader
+    from hyperstate.tools.convert import children, is_container
+
+    out: dict[int, tuple[str, ...]] = {}
+    if directory is None:
+        return out
+    readers: dict[str, BlobReader] = {}
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if type(node) is Struct and type(node.fields.get("shards")) is Struct:
+            sharded = codec.sharded_of(node, ())
+            assert sharded.grid is not None
+            sums = []
+            for rank, _, _ in sharded.grid.cells(sharded.shape):
+                file = codec.rank_file(sharded.grid.files, rank)
+                reader = readers.get(file)
+                if reader is None:
+                    reader = readers[file] = BlobReader(directory, file)
+                sums.append(reader.checksum_of(sharded.grid.key) or f"unknown {id(node)}")
+            out[id(node)] = tuple(sums)
+        elif is_container(node):
+            stack.extend(child for _, child in children(node))
+    return out
+
+
 def _tensor_key(info: Any, node: Any) -> tuple[Any, ...]:
     """What must be equal for two tensor references to hold the same tensor."""
+    sums = (_SHARD_SUMS.get() or {}).get(id(node))
+    if sums is not None:  # a Grid record: its shards' checksums
+        return (info.kind, info.dtype, info.shape, sums)
     if info.inline:
         value = info.value
         nan = isinstance(value, float) and math.isnan(value)
@@ -1290,6 +1339,8 @@ def _change_text(a: Any, b: Any) -> str:
     ta, tb = tensor_info(a), tensor_info(b)
     if ta is not None and tb is not None and not ta.inline and ta.describe() == tb.describe():
         # Same dtype and shape: only the bytes differ.
+        if ta.checksum is None or tb.checksum is None:  # shards with their own checksums
+            return f"{ta.describe()}, the bytes of its shards differ"
         return f"{ta.describe()}, checksum {ta.checksum} -> {tb.checksum}"
     return f"{_brief(a)} -> {_brief(b)}"
 
