@@ -425,3 +425,26 @@ def test_grad_scaler_state_is_restored_into_the_initial_object(tmp_path: Path) -
     assert '"scale": 256.0,' in text and '"growth_interval": 7,' in text
     restored = hyperstate.load(ScalerState, tmp_path / "state.ron", initial_state=fresh)
     assert restored.scaler.get_scale() == 256.0
+
+
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr", "nested"])
+def test_a_tensor_that_is_not_dense_is_refused_at_its_path(tmp_path: Path, layout: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():  # torch calls CSR and nested tensors beta / prototype
+        warnings.simplefilter("ignore", UserWarning)
+        if layout == "nested":
+            tensor = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+        else:
+            tensor = (
+                torch.eye(3).to_sparse() if layout == "sparse_coo" else torch.eye(3).to_sparse_csr()
+            )
+
+    @dataclass
+    class Holder:
+        weights: dict[str, torch.Tensor]
+
+    with pytest.raises(hyperstate.ConfigError, match=r"expected a dense \(strided\) tensor") as e:
+        hyperstate.dump(Holder({"w": tensor}), tmp_path / "state.ron")
+    assert "weights.w" in str(e.value)
+    assert not (tmp_path / "state.ron").exists()

@@ -347,6 +347,18 @@ def _encode_array(obj: Any, where: ValuePath, kind: str) -> Any:
             raise ConfigError(
                 [Issue(where, f"expected a torch.Tensor, found {t.class_name(type(obj))}")]
             )
+        if obj.is_nested or obj.layout is not torch.strided:
+            found = "a nested tensor" if obj.is_nested else f"a {obj.layout} tensor"
+            raise ConfigError(
+                [
+                    Issue(
+                        where,
+                        f"expected a dense (strided) tensor, found {found}: blob files hold "
+                        "dense tensors; save its .to_dense(), or its parts (indices and "
+                        "values) as tensors of their own",
+                    )
+                ]
+            )
         if not obj.is_complex():
             # Scalars (optimizer steps, loss scales) stay readable and editable as text.
             inline = codec.inline_record(obj)
