@@ -391,16 +391,6 @@ def test_map_location_puts_every_tensor_there(tmp_path: Path) -> None:
         HyperstateCheckpointIO().load_checkpoint(path, map_location=lambda s, loc: s)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_tensors_saved_on_a_gpu_go_back_there_or_where_map_location_says(tmp_path: Path) -> None:
-    path = tmp_path / "gpu.ckpt"
-    saved = {"w": torch.arange(4.0, device="cuda"), "step": torch.tensor(2.0, device="cuda")}
-    HyperstateCheckpointIO().save_checkpoint(saved, path)
-    assert_same(HyperstateCheckpointIO().load_checkpoint(path), saved)
-    on_cpu = HyperstateCheckpointIO().load_checkpoint(path, map_location="cpu")
-    assert_same(on_cpu, {k: v.cpu() for k, v in saved.items()})
-
-
 def test_load_from_checkpoint(fitted: tuple[Path, Recording, TinyModel]) -> None:
     checkpoints, _, model = fitted
     last = checkpoints / "last.ckpt"

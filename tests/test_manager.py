@@ -46,13 +46,14 @@ def fresh(config: Config) -> State:
     return State()
 
 
-def run_steps(hs: hyperstate.HyperState[Config, State], n: int) -> None:
+def run_steps(hs: hyperstate.HyperState[Config, State], n: int, wait: bool = True) -> None:
     for _ in range(n):
         hs.state.step += 1
         hs.state.weights += hs.config.lr
         hs.state.eval.loss = 1.0 / hs.state.step
         hs.step()
-    hs.wait()  # old checkpoints are pruned in the background after a save
+    if wait:
+        hs.wait()  # old checkpoints are pruned in the background after a save
 
 
 def test_checkpoint_and_resume_newest(tmp_path: Path) -> None:
@@ -206,9 +207,9 @@ def test_async_save_error_is_raised_at_the_next_call_never_lost() -> None:
     hs.wait()
     FailingFS.fail_suffix = "state.ron"
     try:
-        run_steps(hs, 1)  # submitted; fails in the background
+        run_steps(hs, 1, wait=False)  # submitted; fails in the background
         with pytest.raises(StorageError, match="injected: cannot write"):
-            run_steps(hs, 1)
+            run_steps(hs, 1, wait=False)
         hs.close()
     finally:
         FailingFS.fail_suffix = None
