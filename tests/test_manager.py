@@ -217,9 +217,20 @@ def test_async_save_error_is_raised_at_the_next_call_never_lost() -> None:
     assert [i.number for i in store.list()] == [1]
 
 
-def test_staging_budget_falls_back_to_a_synchronous_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("async_staging", [False, True])
+def test_staging_budget_falls_back_to_a_synchronous_write(
+    tmp_path: Path, async_staging: bool
+) -> None:
     with hyperstate.HyperState.load(
-        Config, State, fresh, None, tmp_path, "step", async_save=True, max_staging_bytes=8
+        Config,
+        State,
+        fresh,
+        None,
+        tmp_path,
+        "step",
+        async_save=True,
+        max_staging_bytes=8,
+        async_staging=async_staging,
     ) as hs:
         run_steps(hs, 1)
         assert hs._inflight is None  # over budget: written before step() returned
