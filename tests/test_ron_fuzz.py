@@ -102,6 +102,40 @@ def test_deferred_parse_agrees_with_the_parser(text: str) -> None:
         assert repr(deferred_then_filled(text)) == repr(expected)  # repr: NaN != NaN
 
 
+_RECORD_STRING = st.text(st.characters(blacklist_characters='"\\'), max_size=12)
+_SPACE = st.sampled_from(["", " ", "\n    ", "\t", "\u2028"])
+
+
+@st.composite
+def tensor_records(draw: st.DrawFn) -> str:
+    """Tensor records close to what the emitter writes, sometimes a little off."""
+    sp = [draw(_SPACE) for _ in range(12)]
+    dims = draw(st.lists(st.sampled_from(["0", "1", "1024", "007", "-1", "9" * 19]), max_size=3))
+    shape = ", ".join(dims) + draw(st.sampled_from(["", ","]))
+    name = draw(st.sampled_from(["Tensor", "Array", "Tensors"]))
+    values = [draw(_RECORD_STRING) for _ in range(4)]
+    last = draw(st.sampled_from(["", ",", ", ", ",\n"]))
+    return (
+        f'{name}({sp[0]}file{sp[1]}:{sp[2]}"{values[0]}"{sp[3]},{sp[4]}key: "{values[1]}",'
+        f'{sp[5]}dtype:{sp[6]}"{values[2]}",{sp[7]}shape: ({shape}){sp[8]},{sp[9]}'
+        f'checksum{sp[10]}: "{values[3]}"{last}{sp[11]})'
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(tensor_records())
+def test_the_tensor_record_path_agrees_with_the_general_parser(record: str) -> None:
+    # A comment after the parenthesis sends a record down the general path.
+    general = record.replace("(", "( /**/ ", 1)
+    try:
+        expected = loads(f"[{general}]")
+    except ParseError:
+        with pytest.raises(ParseError):
+            loads(f"[{record}]")
+        return
+    assert loads(f"[{record}]") == expected
+
+
 PATHOLOGICAL: dict[str, Callable[[int], str]] = {
     "brackets": lambda n: "[" * (25_000 * n),
     "parens": lambda n: "(" * (1250 * n),
@@ -142,6 +176,16 @@ PATHOLOGICAL: dict[str, Callable[[int], str]] = {
     "quotes": lambda n: '"' * (25_000 * n + 1),
     "chars": lambda n: "'" * (25_000 * n),
     "nul": lambda n: "\x00" * (25_000 * n),
+    # The one-match path of tensor records: long or unterminated pieces of one.
+    "record_spaces": lambda n: "Tensor(" + " " * (25_000 * n) + "x",
+    "record_long_key": lambda n: 'Tensor(file: "f", key: "' + "a" * (250_000 * n),
+    "record_long_shape": lambda n: (
+        'Tensor(file: "f", key: "k", dtype: "f", shape: (' + "1, " * (25_000 * n)
+    ),
+    "records": lambda n: (
+        "["
+        + 'Tensor(file: "f", key: "k", dtype: "f", shape: (1, 2), checksum: "c"), ' * (2_500 * n)
+    ),
 }
 
 

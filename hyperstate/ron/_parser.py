@@ -83,6 +83,18 @@ _colon = re.compile(rf"{_WS}*:{_WS}*").match
 _comma = re.compile(rf"{_WS}*,{_WS}*").match
 _close_paren = re.compile(rf"{_WS}*(?:,{_WS}*)?\)").match
 
+# A tensor record as the emitter writes it (``Tensor(file: "...", key: "...", dtype:
+# "...", shape: (...), checksum: "...")``), read with one match: a state of 10,000
+# tensors is mostly these. Anything else (a comment, another field, an escape, a number
+# written another way) takes the general path, which gives the same value.
+_DIM = r"(?:0|[1-9][0-9]{0,17})"
+_record = re.compile(
+    rf'\({_WS}*file{_WS}*:{_WS}*"([^"\\]*)"{_WS}*,{_WS}*key{_WS}*:{_WS}*"([^"\\]*)"'
+    rf'{_WS}*,{_WS}*dtype{_WS}*:{_WS}*"([^"\\]*)"{_WS}*,{_WS}*shape{_WS}*:{_WS}*'
+    rf'\(({_DIM}(?:, {_DIM})*,?)?\){_WS}*,{_WS}*checksum{_WS}*:{_WS}*"([^"\\]*)"'
+    rf"{_WS}*(?:,{_WS}*)?\)"
+).match
+
 _D = r"[0-9]+(?:_[0-9]+)*"
 # Decimal ints and floats without suffix; group 1 takes part only for floats.
 _decimal = re.compile(rf"[+-]?{_D}(\.(?:{_D})?(?:[eE][+-]?{_D})?|[eE][+-]?{_D})?(?![\w.])").match
@@ -696,6 +708,14 @@ def _named(src: str, name: str, pos: int, depth: int, spans: _Spans | None) -> t
         pos = after
     if depth >= MAX_DEPTH:
         raise _too_deep(pos)
+    if spans is None and (name == "Tensor" or name == "Array") and depth + 2 < MAX_DEPTH:
+        r = _record(src, pos)
+        if r is not None:
+            file, key, dtype, dims, checksum = r.groups()
+            shape = tuple(map(int, dims.rstrip(",").split(", "))) if dims else ()
+            fields = {"file": file, "key": key, "dtype": dtype, "shape": shape}
+            fields["checksum"] = checksum
+            return r.end(), Struct(name, fields)
     m = _field(src, pos + 1)
     if m is not None:
         return _struct(src, pos, name, m, depth + 1, spans)
