@@ -90,6 +90,12 @@ def assign(items: Sequence[Planned], rank: int, world_size: int) -> list[int]:
     lowest rank), so all ranks write about the same amount in parallel. A shard is written
     by the rank that holds it (one per set of replicas); per-rank values by their rank.
     """
+    if world_size == 1:  # every replicated group is this rank's: nothing to balance
+        return [
+            i
+            for i, item in enumerate(items)
+            if item.placement in ("replicated", "rank") or item.writes
+        ]
     sizes: dict[int, int] = {}
     for item in items:
         if item.placement == "replicated":
