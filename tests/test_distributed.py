@@ -310,7 +310,8 @@ def test_async_saves_and_live_edits_on_every_rank(tmp_path: Path) -> None:
     run = str(tmp_path / "run")
     ok(launch(2, run, "--steps", "2", "--async"))
     request_edit(run, ["lr=0.01"])
-    results = ok(launch(2, run, "--steps", "6", "--async"))
+    # The copy to staging in the save thread too: each rank's optimizer steps wait for it.
+    results = ok(launch(2, run, "--steps", "6", "--async", "--staging"))
     # Applied at the first step() on both ranks: the second step already uses it.
     for r in results:
         assert r["lr"] == [0.05, 0.01, 0.01, 0.01]
@@ -318,6 +319,10 @@ def test_async_saves_and_live_edits_on_every_rank(tmp_path: Path) -> None:
     assert list((Path(run) / "edits").glob("*.applied"))
     config = hyperstate.load(Config, f"{run}/step-000000000006/config.ron")
     assert config.lr == 0.01
+    # What the staged saves committed is the state each rank ended with.
+    resumed = ok(launch(2, run, "--steps", "6"))
+    for before, after in zip(results, resumed, strict=True):
+        assert after["resumed_from"] == 6 and after["restored"] == before["final"]
 
 
 def test_torchrun_command(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 Started with the environment torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT);
 prints one line ``RESULT {json}`` per rank. Options:
 
-    job.py RUN_DIR [--steps N] [--every K] [--kill-rank R --kill-step S] [--async]
+    job.py RUN_DIR [--steps N] [--every K] [--kill-rank R --kill-step S] [--async [--staging]]
            [--per-rank reinit] [--fault RANK:CHECKPOINT:error|kill] [--edits]
 """
 
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--kill-rank", type=int)
     parser.add_argument("--kill-step", type=int)
     parser.add_argument("--async", dest="async_save", action="store_true")
+    parser.add_argument("--staging", dest="async_staging", action="store_true")
     parser.add_argument("--per-rank", default="error")
     parser.add_argument("--fault")
     parser.add_argument("--timeout", type=float, default=20.0)
@@ -154,6 +155,7 @@ def main() -> None:
             [f"steps={args.steps}"],
             policy=CheckpointPolicy(every_steps=args.every),
             async_save=args.async_save,
+            async_staging=args.async_staging,
             per_rank=args.per_rank,
             collective_timeout=args.timeout,
             edit_check_seconds=0,
