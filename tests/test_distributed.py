@@ -142,7 +142,7 @@ def test_fsdp2_model_and_optimizer_reshard(
     capsys.readouterr()
     assert main(["diff", previous.path, info.path]) == 0
     out = capsys.readouterr().out
-    assert "state.optimizer.state[0].exp_avg: Tensor float32[5, 6] 120 B, the bytes" in out
+    assert "state.optimizer.state[0].exp_avg: Tensor float32[5, 6] 120 B, 3 shards, the" in out
     assert "the bytes of its shards differ" in out
     assert main(["diff", info.path, info.path]) == 0
     assert capsys.readouterr().out.strip() == "no differences"

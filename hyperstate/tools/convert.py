@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from hyperstate import _fs, ron
 from hyperstate.distributed.collectives import Ranks
 from hyperstate.distributed.save import CheckpointSave
-from hyperstate.errors import ConvertError, StateError, StorageError, format_int
+from hyperstate.errors import ConvertError, HyperstateError, StateError, StorageError, format_int
 from hyperstate.ron import Some, Struct, TupleStruct
 from hyperstate.serde import did_you_mean, encode_plain
 from hyperstate.storage import (
@@ -198,9 +198,21 @@ def tensor_info(value: Any) -> TensorInfo | None:
         shape=tuple(shape),
         nbytes=None if itemsize is None else math.prod(shape) * itemsize,
         checksum=checksum if isinstance(checksum, str) and checksum else None,
-        shards=len(shards) if isinstance(shards, list) else None,
+        shards=len(shards) if isinstance(shards, list) else _grid_shards(value),
         device=device,
     )
+
+
+def _grid_shards(record: Struct) -> int | None:
+    """The number of non-empty shards of a ``shards: Grid(...)`` record (from its rule,
+    reading nothing), or None for another record or a malformed one."""
+    if type(record.fields.get("shards")) is not Struct:
+        return None
+    try:
+        sharded = codec.sharded_of(record, ())
+    except HyperstateError:
+        return None
+    return len(sharded.grid.cells(sharded.shape)) if sharded.grid is not None else None
 
 
 def _is_wrapper(value: Any) -> bool:
