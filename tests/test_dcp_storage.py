@@ -435,3 +435,16 @@ def test_load_value_never_runs_the_bytes(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="value 'x': refused by weights_only"):
         load_value(data, "x")
     assert not marker.exists()
+
+
+def test_the_bytes_a_planner_unpickles_name_only_plain_data() -> None:
+    # DCP's default planner unpickles value bytes with weights_only=False: the reader
+    # makes them itself, from a plain value, and checks them with the loader that runs
+    # no code before handing them over.
+    from hyperstate.distributed.dcp import _pickled
+
+    value = {"lr": 0.1, "betas": (0.9, 0.99), "params": [0, 1], "name": b"\x00"}
+    assert torch.load(_pickled(value, "x"), weights_only=True) == value
+    for not_plain in (ron.Struct("Evil", {}), ron.Ident("Evil"), {"a": [Path("/etc")]}):
+        with pytest.raises(StateError, match=r"value 'x'.* expected plain data"):
+            _pickled(not_plain, "x")

@@ -198,11 +198,19 @@ def plain_value(value: Any, fqn: str = "") -> Any:
         raise StateError(e.message, where) from None
 
 
-def _pickled(value: Any) -> io.BytesIO:
+def _pickled(value: Any, fqn: str) -> io.BytesIO:
     """``torch.save`` bytes of a plain value, made here: what a DCP planner's
-    ``load_bytes`` unpickles is never a pickle from the checkpoint directory."""
+    ``load_bytes`` unpickles is never a pickle from the checkpoint directory.
+
+    DCP's default planner unpickles them with ``weights_only=False``, so they are checked
+    first by the loader that runs no code (:func:`load_value`): whatever the value held,
+    the bytes handed over name nothing beyond plain data. (``value`` is plain already:
+    the reader refuses anything else where it stands in ``state.ron``.)
+    """
     data = io.BytesIO()
-    torch.save(value, data)
+    torch.save(plain_value(value, fqn), data)
+    data.seek(0)
+    load_value(data, fqn)
     data.seek(0)
     return data
 
@@ -647,7 +655,7 @@ class StorageReader(_dcp.StorageReader):
                 if item.type == LoadItemType.BYTE_IO:
                     if isinstance(chunk, _Chunk) or item.storage_index not in self._chunks:
                         raise StateError(f"{self._url}: expected a value at entry {fqn!r}")
-                    planner.load_bytes(item, _pickled(chunk))
+                    planner.load_bytes(item, _pickled(chunk, fqn))
                     continue
                 if not isinstance(chunk, _Chunk):
                     raise StateError(f"{self._url}: expected a tensor at entry {fqn!r}")
