@@ -201,6 +201,19 @@ class StateManager(Generic[C, S]):
         handle_signals: bool = True,
         log_every_rank: bool = False,
     ) -> None:
+        bad = []
+        if async_staging and not async_save:
+            bad.append(
+                Issue(
+                    ("async_staging",),
+                    "expected async_save=True with it (the copy runs in the save thread of "
+                    "an async save), found async_save=False",
+                )
+            )
+        if per_rank not in ("error", "reinit"):
+            bad.append(Issue(("per_rank",), f"expected 'error' or 'reinit', found {per_rank!r}"))
+        if bad:
+            raise ConfigError(bad, "StateManager arguments")
         self.config_clz = config_clz
         self.state_clz = state_clz
         self.initial_state = initial_state
@@ -223,8 +236,6 @@ class StateManager(Generic[C, S]):
         self._last_edit_check = time.monotonic()
         self.store = CheckpointStore(os.fspath(checkpoint_dir)) if checkpoint_dir else None
         self.resumed_from: CheckpointInfo | None = None
-        if per_rank not in ("error", "reinit"):
-            raise ValueError(f"per_rank must be 'error' or 'reinit', got {per_rank!r}")
         self.per_rank = per_rank
         self.ranks = Ranks(collective_timeout)
         if self.store is not None:  # before anything is written: every rank sees it

@@ -132,3 +132,21 @@ def test_wait_staged_removes_the_hooks(tmp_path: Path) -> None:
     ) == hooks
     assert hs.wait() is not None
     hs.close()
+
+
+def test_bad_arguments_are_one_config_error_naming_each(tmp_path: Path) -> None:
+    with pytest.raises(hyperstate.ConfigError) as e:
+        hyperstate.StateManager(
+            Config,
+            State,
+            initial_state,
+            None,
+            tmp_path,
+            async_staging=True,
+            per_rank="sometimes",  # type: ignore[arg-type]
+        )
+    text = str(e.value)
+    assert text.startswith("StateManager arguments: 2 problems:")
+    assert "expected async_save=True with it" in text and "at async_staging" in text
+    assert "expected 'error' or 'reinit', found 'sometimes' at per_rank" in text
+    assert list(tmp_path.iterdir()) == []  # nothing written
