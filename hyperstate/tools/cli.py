@@ -1287,23 +1287,31 @@ def _grid_sums(tree: Any, directory: str | None) -> dict[int, tuple[str, ...]]:
     out: dict[int, tuple[str, ...]] = {}
     if directory is None:
         return out
-    readers: dict[str, BlobReader] = {}
+    readers: dict[str, BlobReader] = {}  # one per rank file: its table is read once
+
+    def checksum(file: str, key: str) -> str:
+        reader = readers.get(file)
+        if reader is None:
+            reader = readers[file] = BlobReader(directory, file)
+        return reader.checksum_of(key)
+
     stack = [tree]
-    while stack:
-        node = stack.pop()
-        if type(node) is Struct and type(node.fields.get("shards")) is Struct:
-            sharded = codec.sharded_of(node, ())
-            assert sharded.grid is not None
-            sums = []
-            for rank, _, _ in sharded.grid.cells(sharded.shape):
-                file = codec.rank_file(sharded.grid.files, rank)
-                reader = readers.get(file)
-                if reader is None:
-                    reader = readers[file] = BlobReader(directory, file)
-                sums.append(reader.checksum_of(sharded.grid.key) or f"unknown {id(node)}")
-            out[id(node)] = tuple(sums)
-        elif is_container(node):
-            stack.extend(child for _, child in children(node))
+    try:
+        while stack:
+            node = stack.pop()
+            if type(node) is Struct and type(node.fields.get("shards")) is Struct:
+                sharded = codec.sharded_of(node, ())
+                assert sharded.grid is not None
+                grid = sharded.grid
+                out[id(node)] = tuple(
+                    checksum(codec.rank_file(grid.files, rank), grid.key) or f"unknown {id(node)}"
+                    for rank, _, _ in grid.cells(sharded.shape)
+                )
+            elif is_container(node):
+                stack.extend(child for _, child in children(node))
+    finally:
+        for reader in readers.values():
+            reader.close()
     return out
 
 
