@@ -323,6 +323,21 @@ def test_what_cannot_be_written_without_pickle_is_refused_by_path(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_dict_nested_deeper_than_ron_reads_is_refused_not_a_recursion_error(
+    tmp_path: Path,
+) -> None:
+    from hyperstate import ron
+
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(ron.MAX_DEPTH + 10):
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(ConfigError, match=f"expected at most {ron.MAX_DEPTH} levels of nesting"):
+        HyperstateCheckpointIO().save_checkpoint({"x": deep}, tmp_path / "x.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
 class WithActivation(TinyModel):
     def __init__(self, act: Any = None, lr: float = 0.05, width: int = 4) -> None:
         super().__init__(lr, width)

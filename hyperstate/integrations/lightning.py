@@ -79,6 +79,7 @@ _WRITTEN = (
     "a tensor, a numpy array, an int, float, str, bytes, bool or None, "
     "or a list, tuple or dict of them"
 )
+_BAD_KEY = "expected a key that is a str, int, float, bool, None, bytes or a tuple of them"
 
 
 class HyperstateCheckpointIO(CheckpointIO):
@@ -180,15 +181,14 @@ class HyperstateCheckpointIO(CheckpointIO):
             except OSError as exc:
                 raise StorageError("save", url, str(exc) or type(exc).__name__) from exc
         store = CheckpointStore(url)
-        number = _number(checkpoint, store.latest())
         if local and not fs.exists(fs_path):
-            info = _save_new(checkpoint, url, fs_path, number)
+            info = _save_new(checkpoint, store, fs_path, _number(checkpoint, None))
         else:
-            info = _write(store, number, checkpoint)
+            info = _write(store, _number(checkpoint, store.latest()), checkpoint)
             store.retain(RetentionPolicy(keep_last=1))
             store.cleanup_uncommitted()
             if local:
-                _remove(_staging(fs_path))
+                _remove(_staging(fs_path), fs=fs)
         size = sum(entry.size for entry in info.manifest.files.values())
         log.info(
             "saved checkpoint %d (%d bytes) to %s in %.3f s",
@@ -262,8 +262,7 @@ class HyperstateCheckpointIO(CheckpointIO):
             store = CheckpointStore(url)
             for info in store.list():
                 store.delete(info.number)
-        if fs.exists(fs_path):
-            _remove(fs_path, url=url, fs=fs)
+        _remove(fs_path, url=url, fs=fs)
         log.debug("removed checkpoint %s", url)
 
 
@@ -344,9 +343,11 @@ def _write(store: CheckpointStore, number: int, checkpoint: Mapping[str, Any]) -
     return save.finish({})
 
 
-def _save_new(checkpoint: Mapping[str, Any], url: str, fs_path: str, number: int) -> CheckpointInfo:
+def _save_new(
+    checkpoint: Mapping[str, Any], store: CheckpointStore, fs_path: str, number: int
+) -> CheckpointInfo:
     """Write a checkpoint where there is none yet (local disk): commit it in the staging
-    sibling, then rename that to ``fs_path``."""
+    sibling, then rename that to ``fs_path`` (the root of ``store``)."""
     staging = _staging(fs_path)
     parent = posixpath.dirname(fs_path)
     try:
@@ -355,15 +356,12 @@ def _save_new(checkpoint: Mapping[str, Any], url: str, fs_path: str, number: int
         info = _write(CheckpointStore(staging), number, checkpoint)
         os.rename(staging, fs_path)
         _fs.fsync_dir(parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
+    except BaseException as exc:
+        with contextlib.suppress(StorageError):  # what _remove raises: keep the first error
             _remove(staging)
-        raise StorageError("save", url, str(exc) or type(exc).__name__) from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            _remove(staging)
+        if isinstance(exc, OSError):
+            raise StorageError("save", store.url, str(exc) or type(exc).__name__) from exc
         raise
-    store = CheckpointStore(url)
     return CheckpointInfo(info.number, store.path(info.number), info.manifest)
 
 
@@ -435,25 +433,20 @@ def _check_writable(value: Any, where: ValuePath, open_ids: set[int], issues: li
     if kind in _PLAIN:
         return
     if kind is list or kind is tuple or isinstance(value, Mapping):
+        if len(where) >= ron.MAX_DEPTH:  # RON's own limit: deeper would not read back
+            deep = f"expected at most {ron.MAX_DEPTH} levels of nesting, found more"
+            issues.append(Issue(where, deep))
+            return
         if id(value) in open_ids:
             issues.append(Issue(where, "expected a tree of values, found a container in itself"))
             return
         open_ids.add(id(value))
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                if not _is_key(key):
-                    issues.append(
-                        Issue(
-                            (*where, key),
-                            "expected a key that is a str, int, float, bool, None, bytes or "
-                            f"a tuple of them, found {_type_name(key)} {_shown(key)}",
-                            about_key=True,
-                        )
-                    )
-                _check_writable(item, (*where, key), open_ids, issues)
-        else:
-            for index, item in enumerate(value):
-                _check_writable(item, (*where, index), open_ids, issues)
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:  # a list's keys are its indices, always good keys
+            if not _is_key(key):
+                found = f"{_type_name(key)} {_shown(key)}"
+                issues.append(Issue((*where, key), f"{_BAD_KEY}, found {found}", about_key=True))
+            _check_writable(item, (*where, key), open_ids, issues)
         open_ids.discard(id(value))
         return
     if isinstance(value, torch.Tensor) or kind is np.ndarray:
