@@ -138,6 +138,18 @@ def format_int(value: int) -> str:
     return f"{sign}{head}...{tail:0{_END_DIGITS}d} ({digits} digits)"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, for a message of ours: at most 300
+    characters, and "" when it has none (or ``str`` fails, as for a ``KeyError`` of an
+    int too long to print)."""
+    try:
+        text = str(error).strip()
+    except Exception:
+        text = ""
+    first = text.splitlines()[0] if text else ""
+    return first if len(first) <= 300 else first[:300] + "..."
+
+
 def format_value(value: object) -> str:
     """``repr(value)`` for a message, with the ints in it written by :func:`format_int`.
 

@@ -79,7 +79,14 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from hyperstate import _fs, ron
-from hyperstate.errors import HyperstateError, StateError, StorageError, format_path, format_value
+from hyperstate.errors import (
+    HyperstateError,
+    StateError,
+    StorageError,
+    first_line,
+    format_path,
+    format_value,
+)
 from hyperstate.ron import Struct
 from hyperstate.storage import (
     COMMITTED,
@@ -216,9 +223,7 @@ def _pickled(value: Any, fqn: str) -> io.BytesIO:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
-    return first if len(first) <= 300 else first[:300] + "..."
+    return first_line(error) or type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------

@@ -49,7 +49,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from hyperstate import _fs, ron
 from hyperstate.distributed.collectives import Ranks
 from hyperstate.distributed.save import CheckpointSave
-from hyperstate.errors import ConvertError, HyperstateError, StateError, StorageError, format_int
+from hyperstate.errors import (
+    ConvertError,
+    HyperstateError,
+    StateError,
+    StorageError,
+    first_line,
+    format_int,
+)
 from hyperstate.ron import Some, Struct, TupleStruct
 from hyperstate.serde import did_you_mean, encode_plain
 from hyperstate.storage import (
@@ -101,6 +108,7 @@ Format = Literal["hyperstate", "dcp", "torch", "safetensors"]
 """The formats :func:`detect_format` tells apart."""
 
 Segment = str | int
+"""A step into a value tree: a struct field or string map key, or a list index or int key."""
 
 ExportFormat = Literal["safetensors", "torch", "dcp"]
 
@@ -113,7 +121,6 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
     ".dcp": "dcp",
 }
 """The file name endings an export understands, and the format each one means."""
-"""A step into a value tree: a struct field or string map key, or a list index or int key."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -775,19 +782,9 @@ def _shown(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _message(error: BaseException) -> str:
-    """The first line of an exception's message, at most 300 characters."""
-    try:
-        text = str(error).strip()
-    except Exception:  # str() of a KeyError of an int too long to print, say
-        text = ""
-    first = text.splitlines()[0] if text else ""
-    return first if len(first) <= 300 else first[:300] + "..."
-
-
 def _reason(error: BaseException) -> str:
     """``KeyError: 'x'``: one short line for any exception."""
-    message = _message(error)
+    message = first_line(error)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
@@ -799,7 +796,7 @@ def _attr(record: Any, name: str) -> Any:
 def _dims(value: Any) -> tuple[int, ...] | None:
     if not isinstance(value, tuple) or len(value) > _MAX_RANK:
         return None
-    if not all(type(n) is int and 0 <= n < 1 << 62 for n in value):
+    if not all(_is_count(n) for n in value):
         return None
     return tuple(value)
 
@@ -1083,7 +1080,7 @@ def read_dcp(path: str) -> dict[str, Any]:
     try:
         metadata = _MetadataUnpickler(io.BytesIO(data), fix_imports=False).load()
     except pickle.UnpicklingError as e:
-        raise ConvertError(f"{where}: {_message(e)}") from None
+        raise ConvertError(f"{where}: {first_line(e)}") from None
     except Exception as e:  # an allowed class called with bad arguments, say
         raise ConvertError(f"{where}: not DCP metadata ({_reason(e)})") from None
     del data
