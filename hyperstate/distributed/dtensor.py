@@ -55,7 +55,6 @@ def plan_dtensor(
             ``_StridedShard`` whose shards are not contiguous blocks of the tensor.
     """
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     local = obj.to_local()
     placements = tuple(obj.placements)
@@ -69,39 +68,54 @@ def plan_dtensor(
         return DTensorPart(Struct("Tensor", {}), local, placement)
     mesh = obj.device_mesh
     shape = tuple(int(n) for n in obj.shape)
-    dims, order = _cuts(shape, tuple(mesh.shape), placements, where)
-    coordinate = mesh.get_coordinate() or []
-    grid = Grid(tuple(int(n) for n in mesh.shape), dims, order, files or "", key or "")
-    box = grid.box(shape, coordinate)
-    if any(_strided(p) for p in placements):
-        # torch lists every index of a _StridedShard's shard to give its first one (a
-        # second per large tensor); _cuts admits only those whose shards are the blocks
-        # the rule gives, which the tests check against torch's indices.
-        offset = box[0]
-        if box[1] != tuple(int(n) for n in local.shape):
-            raise StateError(
-                f"{format_path(where)}: expected a local shard of shape {box[1]} for "
-                f"placements {placements} on a mesh of shape {tuple(mesh.shape)}, found "
-                f"{tuple(local.shape)}"
-            )
-    else:
-        _, offset = compute_local_shape_and_global_offset(obj.shape, mesh, placements)
+    extent = tuple(int(n) for n in local.shape)
+    grid, at, expected = _layout(obj, where, files or "", key or "")
+    if any(_strided(p) for p in placements) and expected != extent:
+        raise StateError(
+            f"{format_path(where)}: expected a local shard of shape {expected} for "
+            f"placements {placements} on a mesh of shape {tuple(mesh.shape)}, found {extent}"
+        )
     # Ranks that differ only along replicated mesh dimensions hold the same shard: the
     # one at coordinate 0 of those dimensions writes it.
+    coordinate = mesh.get_coordinate() or []
     writes = local.numel() > 0 and all(  # an empty shard (more ranks than rows) is not written
         c == 0 for c, p in zip(coordinate, placements, strict=False) if isinstance(p, Replicate)
     )
     fields: dict[str, Any] = {"dtype": dtype_name(local.dtype), "shape": shape, "shards": []}
     if local.device.type != "cpu":
         fields["device"] = str(local.device)
-    at = tuple(int(o) for o in offset)
     if key is not None and files is not None and _row_major(mesh, meshes):
-        extent = tuple(int(n) for n in local.shape)
+        box = grid.box(shape, coordinate)
         # torch's own layout is the proof that the rule holds (an empty shard has no offset).
         if box[1] == extent and (box[0] == at or local.numel() == 0):
             fields["shards"] = grid.record()
             return DTensorPart(Struct("Tensor", fields), local, "grid", at, writes)
     return DTensorPart(Struct("Tensor", fields), local, "sharded", at, writes)
+
+
+def _layout(
+    obj: Any, where: ValuePath, files: str = "", key: str = ""
+) -> tuple[Grid, tuple[int, ...], tuple[int, ...]]:
+    """The :class:`~hyperstate.tensors.codec.Grid` that states ``obj``'s layout (refused
+    by :func:`_cuts` when its local parts are not contiguous blocks), and the global
+    offset and shape of this rank's part.
+
+    The part is the grid's for a ``_StridedShard`` (torch lists every index of such a
+    shard to give its first one: a second per large tensor; ``_cuts`` admits only those
+    whose shards are the blocks the rule gives, which the tests check against torch's
+    indices), and torch's otherwise.
+    """
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    mesh, placements = obj.device_mesh, tuple(obj.placements)
+    shape = tuple(int(n) for n in obj.shape)
+    dims, order = _cuts(shape, tuple(mesh.shape), placements, where)
+    grid = Grid(tuple(int(n) for n in mesh.shape), dims, order, files, key)
+    if any(_strided(p) for p in placements):
+        at, extent = grid.box(shape, mesh.get_coordinate() or [])
+        return grid, at, extent
+    extent, offset = compute_local_shape_and_global_offset(obj.shape, mesh, placements)
+    return grid, tuple(int(o) for o in offset), tuple(int(n) for n in extent)
 
 
 def _strided(placement: Any) -> bool:
@@ -173,19 +187,8 @@ def reshard(target: Any, shape: tuple[int, ...], parts: PartsOf, where: ValuePat
 
 
 def _local_box(target: Any, where: ValuePath) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    mesh, placements = target.device_mesh, tuple(target.placements)
-    global_shape = tuple(int(n) for n in target.shape)
-    # A layout whose local parts are not contiguous blocks has no box: refused.
-    dims, order = _cuts(global_shape, tuple(mesh.shape), placements, where)
-    if any(_strided(p) for p in placements):  # the rule, as plan_dtensor takes it
-        grid = Grid(tuple(int(n) for n in mesh.shape), dims, order, "", "")
-        lo, shape = grid.box(global_shape, mesh.get_coordinate() or [])
-    else:
-        shape, offset = compute_local_shape_and_global_offset(target.shape, mesh, placements)
-        lo = tuple(int(o) for o in offset)
-    return lo, tuple(o + int(n) for o, n in zip(lo, shape, strict=True))
+    _, lo, shape = _layout(target, where)
+    return lo, tuple(o + n for o, n in zip(lo, shape, strict=True))
 
 
 def _fit(

@@ -52,12 +52,12 @@ def check_shared_storage(ranks: Ranks, url: str) -> None:
 
     def write() -> bytes:
         token = secrets.token_hex(8)
-        path = posixpath.join(root, probe_file(token))
+        name = probe_file(token)
         try:
             fs.makedirs(root, exist_ok=True)
-            fs.pipe_file(path, token.encode())
+            fs.pipe_file(posixpath.join(root, name), token.encode())
         except OSError as e:
-            raise StorageError("write", f"{url}/{probe_file(token)}", str(e)) from e
+            raise StorageError("write", f"{url}/{name}", str(e)) from e
         return f"{token}\n{socket.gethostname()}".encode()
 
     sent = ranks.run_on_coordinator("write probe", write, context=context).decode()
